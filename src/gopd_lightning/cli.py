@@ -1,0 +1,124 @@
+"""The ``gopd`` command: LightningCLI (fit, validate, test) plus a few tools.
+
+    gopd fit -c configs/toy/exopd.yaml            # train (YAML configs compose: -c a.yaml -c b.yaml)
+    gopd validate -c configs/toy/exopd.yaml       # evaluate
+    gopd toy prepare [--force]                    # build the offline toy world ahead of time
+
+Configs are read in omegaconf mode, so ``${...}`` interpolation works, and ``${now:%Y%m%d-%H%M%S}``
+stamps a run directory once per launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import OmegaConf
+
+from gopd_lightning.data import PromptDataModule
+from gopd_lightning.module import GOPDModule
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("now"):
+        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+
+
+class GOPDCLI(LightningCLI):
+    """LightningCLI that measures the starting student before ``fit`` and reports where results went."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+        parser.add_argument(
+            "--validate_before_fit",
+            type=bool,
+            default=True,
+            help="Run validation once before training, so the metrics start at the initial student.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Make ``trainer.default_root_dir`` the run directory: every logger writes into it."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if root and init_args is not None and "save_dir" in init_args:
+                init_args.save_dir = root
+
+    def before_fit(self) -> None:
+        self.initial_metrics = {}
+        if self.config.fit.validate_before_fit and self.datamodule.sources["val"]:
+            rank_zero_info("Validating the initial student before training")
+            results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            self.initial_metrics = results[0] if results else {}
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        lines = [f"Run directory: {trainer.log_dir}"]
+        for logger in trainer.loggers:
+            lines.append(f"  {type(logger).__name__}: {logger.log_dir}")
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.last_model_path:
+            lines.append(f"  last checkpoint: {trainer.checkpoint_callback.last_model_path}")
+        for key in sorted(final):
+            before = self.initial_metrics.get(key)
+            start = f"{before:.4f} -> " if before is not None else ""
+            lines.append(f"  {key}: {start}{final[key]:.4f}")
+        rank_zero_info("\n".join(lines))
+
+
+def _toy_command(argv: Sequence[str]) -> None:
+    from gopd_lightning.toy.world import ToyRecipe, prepare_toy_world, toy_home
+
+    parser = argparse.ArgumentParser(prog="gopd toy", description="The offline toy world.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="build the toy tokenizer, base and teacher models")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        root = prepare_toy_world(ToyRecipe(), force=args.force)
+        print(f"toy world ready in {root} (cache root {toy_home()}; set GOPD_HOME to move it)")
+        for path in sorted(Path(root).iterdir()):
+            if path.is_dir():
+                print(f"  toy:{path.name}")
+
+
+TOOLS: dict[str, Callable[[Sequence[str]], None]] = {"toy": _toy_command}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``gopd`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # both are expected here: frozen teachers/reference sit in eval mode on purpose, and with
+    # manual optimisation a checkpoint holds the state after the step's update, as it should
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv and argv[0] in TOOLS:
+        TOOLS[argv[0]](argv[1:])
+        return
+    build_cli(argv)
+
+
+def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
+    """The LightningCLI behind ``gopd``; ``run=False`` only parses and instantiates (for tests)."""
+    _register_resolvers()
+    return GOPDCLI(
+        GOPDModule,
+        PromptDataModule,
+        args=list(args),
+        run=run,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

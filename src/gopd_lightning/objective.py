@@ -1,0 +1,102 @@
+"""The G-OPD objective as pure tensor functions (no Lightning, no Hugging Face).
+
+The student maximises, for responses it samples itself,
+
+    J = E[ lam * log(pi_teacher / pi_ref) - KL(pi_student || pi_ref) ]
+
+which gives every sampled token y_t its own dense advantage (no discounting, no baseline):
+
+    A_t = lam * (log pi_teacher_t - log pi_ref_t) - (log pi_student_t - log pi_ref_t)
+
+lam == 1 is standard on-policy distillation (the reference cancels), lam > 1 is reward
+extrapolation (ExOPD), and a teacher's pre-RL base as the reference is reward correction.
+The loss is the policy gradient of J with the advantage held constant.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"]
+AGGREGATIONS: tuple[str, ...] = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+
+
+def token_advantages(
+    student_logp: Tensor, teacher_logp: Tensor, ref_logp: Tensor | None = None, lam: float = 1.0
+) -> Tensor:
+    """Per-token G-OPD advantage of the sampled tokens; positive pushes a token up.
+
+    All inputs are log-probabilities of the same sampled tokens, shape [batch, time]. The result
+    is detached: advantages are constants of the policy gradient. ``ref_logp`` may be None only
+    when ``lam == 1``, where the reference cancels out.
+    """
+    student_logp, teacher_logp = student_logp.detach(), teacher_logp.detach()
+    if lam == 1.0:
+        return teacher_logp - student_logp
+    if ref_logp is None:
+        raise ValueError(
+            f"lam={lam} needs the reference log-probs (ref_logp); only lam == 1 lets the reference cancel out"
+        )
+    ref_logp = ref_logp.detach()
+    return lam * (teacher_logp - ref_logp) - (student_logp - ref_logp)
+
+
+def aggregate(values: Tensor, mask: Tensor, aggregation: Aggregation = "seq-mean-token-mean") -> Tensor:
+    """Reduce per-token ``values`` [batch, time] over the tokens where ``mask`` is true.
+
+    - "seq-mean-token-mean": mean over each sequence's tokens, then over sequences (the paper's).
+    - "token-mean": mean over every unmasked token of the batch.
+    - "seq-mean-token-sum": sum over each sequence's tokens, then mean over sequences.
+    Sequences without any unmasked token are left out of the sequence mean.
+    """
+    mask = mask.to(values.dtype)
+    masked = values * mask
+    if aggregation == "token-mean":
+        return masked.sum() / mask.sum().clamp_min(1.0)
+    tokens_per_seq = mask.sum(dim=-1)
+    per_seq = masked.sum(dim=-1)
+    if aggregation == "seq-mean-token-mean":
+        per_seq = per_seq / tokens_per_seq.clamp_min(1.0)
+    elif aggregation != "seq-mean-token-sum":
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
+    has_tokens = (tokens_per_seq > 0).to(values.dtype)
+    return (per_seq * has_tokens).sum() / has_tokens.sum().clamp_min(1.0)
+
+
+def policy_gradient_loss(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    old_logp: Tensor | None = None,
+    sampler_logp: Tensor | None = None,
+    clip_eps: float | None = None,
+    is_cap: float = 5.0,
+    aggregation: Aggregation = "seq-mean-token-mean",
+) -> Tensor:
+    """Loss to minimise: ``-aggregate(weight * ratio * advantages)``.
+
+    ``ratio = exp(logp - old_logp)`` with ``old_logp`` defaulting to ``logp.detach()`` (one update
+    per rollout: ratio == 1, gradient == advantage * grad logp). With ``clip_eps`` the PPO clipped
+    surrogate ``min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`` is used, for several updates
+    per rollout. When another engine sampled the tokens, ``sampler_logp`` adds the truncated
+    importance weight ``min(exp(old_logp - sampler_logp), is_cap)``.
+    """
+    if logp.shape != advantages.shape or logp.shape != mask.shape:
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, advantages {tuple(advantages.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same shape"
+        )
+    advantages = advantages.detach()
+    old_logp = logp.detach() if old_logp is None else old_logp.detach()
+    ratio = torch.exp(logp - old_logp)
+    surrogate = ratio * advantages
+    if clip_eps is not None:
+        clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+        surrogate = torch.minimum(surrogate, clipped)
+    if sampler_logp is not None:
+        weight = torch.exp(old_logp - sampler_logp.detach()).clamp(max=is_cap)
+        surrogate = weight * surrogate
+    return -aggregate(surrogate, mask, aggregation)

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random models with the toy tokenizer, and a prepared toy world."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from gopd_lightning.toy.tokenizer import build_tokenizer
+
+torch.set_num_threads(2)
+
+
+def save_tiny_model(path: Path, seed: int, arch: str = "qwen3", vocab_size: int | None = None, tokenizer=None) -> str:
+    """A randomly initialised tiny causal LM (and its tokenizer) saved at ``path``."""
+    tokenizer = tokenizer or build_tokenizer()
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    if arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of tiny random models: a student, two teachers and a reference, all one vocabulary."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "student": save_tiny_model(root / "student", seed=0),
+        "teacher": save_tiny_model(root / "teacher", seed=1),
+        "teacher_llama": save_tiny_model(root / "teacher-llama", seed=2, arch="llama"),
+        "reference": save_tiny_model(root / "reference", seed=3),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def toy_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private GOPD_HOME for the whole session: tests never touch the user's cache."""
+    home = tmp_path_factory.mktemp("gopd-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GOPD_HOME", str(home))
+        yield home

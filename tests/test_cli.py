@@ -1,0 +1,63 @@
+"""``gopd`` end to end on the toy world, in subprocesses as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[1]
+EXOPD = str(ROOT / "configs" / "toy" / "exopd.yaml")
+SHORT = ["--trainer.val_check_interval=2"]
+
+
+def gopd(*args: str, cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gopd_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_fit_resume_and_test_on_the_toy_world(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    out = gopd("fit", "-c", EXOPD, "--trainer.max_steps=4", f"--trainer.default_root_dir={run}", *SHORT, cwd=tmp_path)
+    assert f"Run directory: {run}" in out and "val/accuracy:" in out
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["step"] for r in rows if r.get("val/accuracy")] == ["0", "1", "3"]  # before fit, then every 2
+    trained = [r for r in rows if r.get("train/loss")]
+    assert len(trained) == 4 and all(r["train/reverse_kl"] and r["train/entropy"] for r in trained)
+    assert list(run.glob("events.out.tfevents.*")) and (run / "config.yaml").exists()
+
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert all(key.startswith("student.") for key in checkpoint["state_dict"]) and checkpoint["global_step"] == 4
+
+    resumed = tmp_path / "resumed"
+    gopd(
+        "fit",
+        "-c",
+        EXOPD,
+        "--trainer.max_steps=6",
+        f"--trainer.default_root_dir={resumed}",
+        f"--ckpt_path={last}",
+        "--validate_before_fit=false",
+        *SHORT,
+        cwd=tmp_path,
+    )
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+    tested = gopd(
+        "test", "-c", EXOPD, f"--trainer.default_root_dir={tmp_path / 'test'}", f"--ckpt_path={last}", cwd=tmp_path
+    )
+    assert "test/accuracy" in tested
+
+
+def test_toy_prepare_command(tmp_path: Path) -> None:
+    out = gopd("toy", "prepare", cwd=tmp_path)
+    assert "toy world ready" in out and "toy:base" in out and "toy:teacher-math" in out
