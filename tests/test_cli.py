@@ -52,10 +52,14 @@ def test_fit_resume_and_test_on_the_toy_world(tmp_path: Path) -> None:
     )
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
 
+    test_dir = tmp_path / "test"
     tested = gopd(
         "test", "-c", EXOPD, f"--trainer.default_root_dir={tmp_path / 'test'}", f"--ckpt_path={last}", cwd=tmp_path
     )
     assert "test/accuracy" in tested
+    table = (test_dir / "results-test.md").read_text()
+    assert "| group | problems | accuracy | pass@1 | pass@4 | response_length |" in table
+    assert "| all | 256 |" in table and "domain/math" in table
 
 
 def test_toy_prepare_command(tmp_path: Path) -> None:

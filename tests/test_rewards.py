@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from gopd_lightning.rewards import score
+from gopd_lightning.rewards import score, score_batch
+from gopd_lightning.rewards.pool import run_all
 from gopd_lightning.rewards.math import last_boxed, normalize_answer
 
 
@@ -34,5 +37,34 @@ def test_score_math() -> None:
     assert score("math", "<think>\\boxed{1}</think> \\boxed{068}", "68") == 1.0
     assert score("math", "\\boxed{68}</think> nothing boxed", "68") == 0.0
     assert score("math", "\\boxed{67}", "68") == 0.0
-    with pytest.raises(KeyError, match="no scorer for domain 'poetry'"):
+    with pytest.raises(KeyError, match=r"no scorer for domain\(s\) \['poetry'\]"):
         score("poetry", "x", "y")
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("\\frac{1}{2}", "0.5", 1.0),
+        ("336", "336^\\circ", 1.0),
+        ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", 1.0),
+        ("2\\pi", "2 \\pi", 1.0),
+        ("(1, 2)", "(1,2)", 1.0),
+        ("\\frac{1}{3}", "0.5", 0.0),
+        ("x^2", "x^3", 0.0),
+    ],
+)
+def test_math_verify_equivalence(answer: str, gold: str, expected: float) -> None:
+    assert score("math", f"Long reasoning... so the answer is \\boxed{{{answer}}}.", gold) == expected
+
+
+def test_batch_scoring_keeps_order_and_mixes_quick_and_verified() -> None:
+    responses = ["\\boxed{12}", "\\boxed{\\frac{6}{12}}", "nothing", "\\boxed{13}", "\\boxed{0.5}"]
+    golds = ["012", "1/2", "3", "12", "\\frac12"]
+    assert score_batch(["math"] * 5, responses, golds) == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_a_hung_check_is_killed_and_scored_zero() -> None:
+    started = time.monotonic()
+    assert run_all(time.sleep, [(60,), (0,)], timeout_s=2) == [0.0, 0.0]  # sleep returns None -> failure too
+    assert time.monotonic() - started < 30
+    assert run_all(abs, [(-1.0,)], timeout_s=10) == [1.0]  # the pool recovers after the kill

@@ -25,6 +25,7 @@ Features:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ from gopd_lightning.models import (
     load_tokenizer,
 )
 from gopd_lightning.objective import Aggregation, aggregate, policy_gradient_loss, token_advantages
-from gopd_lightning.rewards import SCORERS, score
+from gopd_lightning.metrics import BenchmarkScores
+from gopd_lightning.rewards import DOMAINS, score_batch
 from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs
 
 INITIAL = "initial"
@@ -87,6 +89,8 @@ class GOPDModule(LightningModule):
         lam: float = 1.0,
         sampling: SamplingConfig | None = None,
         eval_sampling: SamplingConfig | None = None,
+        eval_samples: dict[str, int] | None = None,
+        eval_pass_k: list[int] | None = None,
         update: UpdateConfig | None = None,
         max_prompt_length: int = 2048,
         logprob_chunk_size: int = 1024,
@@ -104,6 +108,9 @@ class GOPDModule(LightningModule):
             lam: reward scale lambda: 1 = OPD, > 1 = ExOPD (1.25 in the paper), < 1 interpolation.
             sampling: how training rollouts are sampled.
             eval_sampling: how validation and test responses are sampled.
+            eval_samples: domain -> samples per problem in evaluation (the paper: 32 for math,
+                4 for code); other domains use ``eval_sampling.samples_per_prompt``.
+            eval_pass_k: k values of the unbiased pass@k to report (k <= samples per problem).
             update: how a rollout batch becomes optimiser updates.
             max_prompt_length: longest prompt in tokens; a longer one is an error.
             logprob_chunk_size: response positions per chunk of fp32 logits.
@@ -124,6 +131,9 @@ class GOPDModule(LightningModule):
         self.sampling = sampling or SamplingConfig()
         self.eval_sampling = eval_sampling or SamplingConfig()
         self.update = update or UpdateConfig()
+        self.eval_samples = dict(eval_samples or {})
+        self.scores = nn.ModuleDict({stage: BenchmarkScores(eval_pass_k or ()) for stage in ("val", "test")})
+        self.eval_results: dict[str, dict[str, float]] = {}
         self.optimizer_factory: Callable[[Iterable[nn.Parameter]], Optimizer] = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.automatic_optimization = False
@@ -336,14 +346,14 @@ class GOPDModule(LightningModule):
                 self.log(prefix + key, value, prog_bar=show, batch_size=len(index))
 
     def accuracy(self, rollout: Rollout) -> Tensor | None:
-        """Per-row correctness of the rows whose domain has a scorer and a ground truth."""
-        texts = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scores = [
-            score(row["domain"], text, str(row["ground_truth"]))
-            for text, row in zip(texts, rollout.rows, strict=True)
-            if row.get("ground_truth") not in (None, "") and row["domain"] in SCORERS
-        ]
-        return torch.tensor(scores, device=rollout.input_ids.device) if scores else None
+        """Per-row correctness of the rows that carry a checkable answer (None if there are none)."""
+        rows = [i for i, row in enumerate(rollout.rows) if _checkable(row)]
+        if not rows:
+            return None
+        texts = self.tokenizer.batch_decode(rollout.response_ids[rows], skip_special_tokens=True)
+        picked = [rollout.rows[i] for i in rows]
+        scores = score_batch([r["domain"] for r in picked], texts, [str(r["ground_truth"]) for r in picked])
+        return torch.tensor(scores, device=rollout.input_ids.device)
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -353,20 +363,36 @@ class GOPDModule(LightningModule):
         self.evaluate("test", batch)
 
     def evaluate(self, stage: str, batch: list[dict]) -> None:
-        """Sample with ``eval_sampling`` and log accuracy and response length (overall, per domain)."""
-        rollout = generate_rollout(
-            self.student, self.tokenizer, batch, self.eval_sampling, self.hparams.max_prompt_length
-        )
-        lengths = rollout.response_lengths.float()
-        for name, index in _domain_groups(rollout.rows).items():
-            prefix = f"{stage}/" if name == "" else f"{stage}/{name}/"
-            values = {"response_length": lengths[index]}
-            accuracy = self.accuracy(rollout.select(index))
-            if accuracy is not None:
-                values["accuracy"] = accuracy
-            for key, value in values.items():
-                show = key == "accuracy" and name == ""
-                self.log(prefix + key, value.mean(), prog_bar=show, batch_size=len(index), sync_dist=True)
+        """Sample k responses per problem (k by domain) and add them to the stage's benchmark scores."""
+        batch = [row for row in batch if _checkable(row)]
+        for domain in sorted({row["domain"] for row in batch}):
+            rows = [row for row in batch if row["domain"] == domain]
+            k = self.eval_samples.get(domain, self.eval_sampling.samples_per_prompt)
+            sampling = dataclasses.replace(self.eval_sampling, samples_per_prompt=k)
+            rollout = generate_rollout(self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length)
+            correct = self.accuracy(rollout).view(len(rows), k)
+            lengths = rollout.response_lengths.view(len(rows), k)
+            self.scores[stage].update(
+                [row.get("source") or domain for row in rows], [domain] * len(rows), correct, lengths
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, stage: str) -> None:
+        """Log the epoch's benchmark table (already reduced across ranks) and keep it for writers."""
+        results = {f"{stage}/{key}": float(value) for key, value in self.scores[stage].compute().items()}
+        self.scores[stage].reset()
+        self.eval_results[stage] = results
+        for key, value in results.items():
+            self.log(key, value, prog_bar=key == f"{stage}/accuracy")
+
+
+def _checkable(row: Mapping) -> bool:
+    return bool(row.get("ground_truth")) and row["domain"] in DOMAINS
 
 
 def _ended(rollout: Rollout, eos_token_id: int) -> Tensor:

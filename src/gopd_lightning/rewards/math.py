@@ -1,6 +1,14 @@
-"""Math answers: the last ``\\boxed{...}`` of a response, brace-matched, and its comparison."""
+"""Math answers: the last ``\\boxed{...}`` of a response, compared with the gold by math-verify.
+
+The box is extracted by hand (math-verify, given a whole response, merges several boxes into a
+set). Plain numbers are compared in-process; anything else goes to math-verify, whose timeouts use
+``signal.alarm`` and so must run in a process's main thread: :mod:`gopd_lightning.rewards.pool`
+runs those checks in worker processes with a per-check kill as a backstop.
+"""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 BOX = "\\boxed"
 
@@ -11,10 +19,7 @@ def strip_thinking(response: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched ``\\boxed{...}`` in ``text``, or None.
-
-    Done by hand because answer checkers that parse every box merge several boxes into a set.
-    """
+    """Content of the last brace-matched ``\\boxed{...}`` in ``text``, or None."""
     start = text.rfind(BOX)
     while start != -1:
         cursor = start + len(BOX)
@@ -40,9 +45,36 @@ def normalize_answer(answer: str) -> str:
     return compact
 
 
-def score_exact(response: str, ground_truth: str) -> float:
-    """1.0 when the last boxed answer equals ``ground_truth`` after normalisation, else 0.0."""
-    answer = last_boxed(strip_thinking(response))
+def as_number(answer: str) -> Fraction | None:
+    """The exact value of a plain decimal or integer answer (``025``, ``-1.50``), else None."""
+    compact = "".join(answer.split()).replace(",", "")
+    try:
+        return Fraction(compact) if compact and compact.lstrip("+-").replace(".", "", 1).isdigit() else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def quick_verdict(answer: str | None, ground_truth: str) -> float | None:
+    """1.0 / 0.0 when the answer is decided without math-verify, else None.
+
+    No box is wrong; equal normalised strings are right; two plain numbers compare exactly.
+    """
     if answer is None:
         return 0.0
-    return float(normalize_answer(answer) == normalize_answer(ground_truth))
+    if normalize_answer(answer) == normalize_answer(ground_truth):
+        return 1.0
+    mine, gold = as_number(answer), as_number(ground_truth)
+    if mine is not None and gold is not None:
+        return float(mine == gold)
+    return None
+
+
+def verify_with_math_verify(answer: str, ground_truth: str, timeout_s: int = 5) -> float:
+    """math-verify's equivalence of two LaTeX answers; call it in a process's main thread."""
+    from math_verify import parse, verify
+
+    gold = parse(f"${ground_truth}$", parsing_timeout=timeout_s)
+    predicted = parse(f"${answer}$", parsing_timeout=timeout_s)
+    if not gold or not predicted:
+        return 0.0
+    return float(verify(gold, predicted, timeout_seconds=timeout_s))
