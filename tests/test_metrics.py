@@ -32,7 +32,9 @@ def test_pass_at_k_equals_enumeration(n: int, c: int, k: int) -> None:
 def test_scores_per_benchmark_domain_and_overall() -> None:
     metric = BenchmarkScores(pass_k=[1, 2])
     # aime: problems with 1/4 and 3/4 correct; humaneval: one problem 0/4
-    metric.update(["aime", "aime"], ["math", "math"], torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]]), torch.full((2, 4), 10))
+    metric.update(
+        ["aime", "aime"], ["math", "math"], torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]]), torch.full((2, 4), 10)
+    )
     metric.update(["humaneval"], ["code"], torch.tensor([[0, 0, 0, 0]]), torch.full((1, 4), 40))
     results = {k: float(v) for k, v in metric.compute().items()}
     assert results["benchmark/aime/accuracy"] == pytest.approx(0.5)
@@ -64,7 +66,10 @@ def test_results_table_files(tmp_path: Path) -> None:
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, log_dir=str(tmp_path), global_step=7)
     ResultsTable().on_test_end(trainer, module)
     payload = json.loads((tmp_path / "results-test.json").read_text())
-    assert payload["results"] == {"all": {"accuracy": 0.5, "problems": 3.0, "pass@4": 0.75}, "benchmark/aime": {"accuracy": 0.25}}
+    assert payload["results"] == {
+        "all": {"accuracy": 0.5, "problems": 3.0, "pass@4": 0.75},
+        "benchmark/aime": {"accuracy": 0.25},
+    }
     table = (tmp_path / "results-test.md").read_text().splitlines()
     assert table[2] == "| group | problems | accuracy | pass@4 |"
     assert table[4] == "| all | 3 | 0.5000 | 0.7500 |" and table[5] == "| benchmark/aime |  | 0.2500 |  |"

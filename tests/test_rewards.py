@@ -7,8 +7,8 @@ import time
 import pytest
 
 from gopd_lightning.rewards import score, score_batch
-from gopd_lightning.rewards.pool import run_all
 from gopd_lightning.rewards.math import last_boxed, normalize_answer
+from gopd_lightning.rewards.pool import run_all
 
 
 @pytest.mark.parametrize(

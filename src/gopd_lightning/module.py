@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.optim import AdamW, Optimizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.models import (
     check_same_vocabulary,
     check_vocabulary_fits,
@@ -44,7 +45,6 @@ from gopd_lightning.models import (
     load_tokenizer,
 )
 from gopd_lightning.objective import Aggregation, aggregate, policy_gradient_loss, token_advantages
-from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.rewards import DOMAINS, score_batch
 from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs
 
