@@ -9,19 +9,27 @@ import pytest
 from gopd_lightning import GOPDModule, PromptDataModule
 from gopd_lightning.cli import build_cli
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).parents[1] / "configs"
+PIECES = ("eval", "strategy")  # composable pieces: used as `-c experiment.yaml -c piece.yaml`
+CONFIGS = sorted(ROOT.rglob("*.yaml"))
+EXPERIMENTS = [p for p in CONFIGS if p.relative_to(ROOT).parts[0] not in PIECES]
+BASE = ROOT / "toy" / "exopd.yaml"
 
 
 def test_configs_exist() -> None:
-    assert {p.name for p in CONFIGS} >= {"opd.yaml", "exopd.yaml"}
+    assert {p.name for p in EXPERIMENTS} >= {"opd.yaml", "exopd.yaml"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_parses_and_instantiates(path: Path, tmp_path: Path) -> None:
-    cli = build_cli(["-c", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    configs = ["-c", str(path)] if path in EXPERIMENTS else ["-c", str(BASE), "-c", str(path)]
+    cli = build_cli([*configs, f"--trainer.default_root_dir={tmp_path}"], run=False)
     assert isinstance(cli.model, GOPDModule) and isinstance(cli.datamodule, PromptDataModule)
     assert cli.model.teachers is None  # models are built in configure_model, not at parse time
     assert all(Path(logger.log_dir) == tmp_path for logger in cli.trainer.loggers)
+    # the DataModule filters prompts with the student's tokenizer and the model's limit
+    assert cli.datamodule.tokenizer == cli.model.hparams.student
+    assert cli.datamodule.max_prompt_length == cli.model.hparams.max_prompt_length
 
 
 def test_lambda_of_the_toy_configs() -> None:

@@ -35,6 +35,9 @@ class GOPDCLI(LightningCLI):
     """LightningCLI that measures the starting student before ``fit`` and reports where results went."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+        # the DataModule drops prompts that the student's tokenizer makes longer than the limit
+        parser.link_arguments("model.student", "data.tokenizer")
+        parser.link_arguments("model.max_prompt_length", "data.max_prompt_length")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,

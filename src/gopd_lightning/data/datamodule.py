@@ -1,74 +1,51 @@
 """``PromptDataModule``: serves batches of prompt rows (lists of dicts) for rollouts.
 
 Batches are plain lists of rows: the LightningModule renders prompts with each model's own chat
-template, so the data stays independent of any tokenizer.
+template, so the data stays independent of any tokenizer (the optional prompt-length filter only
+reads the student's tokenizer to drop prompts that would not fit).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal
 
+import datasets
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
 
-from gopd_lightning.data.schema import Row, validate_row
+from gopd_lightning.data.benchmarks import load_benchmark
+from gopd_lightning.data.schema import Row, rows_dataset
+from gopd_lightning.data.sources import BENCHMARK_PREFIX, TOY_PREFIX, DataSource, read_source
+from gopd_lightning.models import load_tokenizer
+from gopd_lightning.rollout import render_prompts
 
 log = logging.getLogger(__name__)
-TOY_PREFIX = "toy:"
-
-
-@dataclass
-class DataSource:
-    """Where rows come from."""
-
-    path: str
-    """``toy:<family>`` (the offline toy world) or a JSONL file of rows in the project's schema."""
-    split: str = "train"
-    """Split of the source (toy: "train" or "val")."""
-    limit: int | None = None
-    """At most this many rows (a toy source generates exactly this many; default 1024)."""
-    seed: int = 0
-    """Seed of a generated source."""
-
-
-class RowDataset(Dataset):
-    """A list of schema rows."""
-
-    def __init__(self, rows: list[Row]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> Row:
-        return self.rows[index]
+Mixing = Literal["all_exhausted", "first_exhausted", "all_exhausted_without_replacement"]
+TOKENIZE_CHUNK = 1024
 
 
 def load_rows(source: DataSource) -> list[Row]:
-    """The schema rows of ``source``; a malformed row raises with its file and row number."""
+    """The schema rows of ``source``, each with its ``source`` name; a malformed row raises with its location."""
     if source.path.startswith(TOY_PREFIX):
         from gopd_lightning.toy.tasks import toy_rows
 
-        return toy_rows(source.path[len(TOY_PREFIX) :], source.limit or 1024, source.seed, source.split)
-    path = Path(source.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data source {source.path!r} is neither a toy source nor an existing file")
-    rows = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            rows.append(validate_row(raw, f"{path}:{number}"))
-            if source.limit is not None and len(rows) >= source.limit:
-                break
-    return rows
+        rows = toy_rows(source.path[len(TOY_PREFIX) :], source.limit or 1024, source.seed, source.split)
+    elif source.path.startswith(BENCHMARK_PREFIX):
+        rows = load_benchmark(source.default_name, source.file, **source.options).to_list()[: source.limit]
+    else:
+        rows = read_source(source)
+    return [{**row, "source": source.name or row.get("source") or source.default_name} for row in rows]
+
+
+def prompt_lengths(tokenizer: PreTrainedTokenizerBase, rows: list[Row]) -> list[int]:
+    """Token counts of the rows' chat-templated prompts, as the student's tokenizer renders them."""
+    lengths = []
+    for start in range(0, len(rows), TOKENIZE_CHUNK):
+        texts = render_prompts(tokenizer, rows[start : start + TOKENIZE_CHUNK])
+        lengths += [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return lengths
 
 
 class PromptDataModule(LightningDataModule):
@@ -82,34 +59,82 @@ class PromptDataModule(LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        tokenizer: str | None = None,
+        max_prompt_length: int | None = None,
+        mixing: Mixing = "all_exhausted",
+        seed: int = 0,
     ) -> None:
         """
         Args:
-            train: sources of training prompts (concatenated).
-            val: sources of validation prompts.
-            test: sources of test prompts.
+            train: sources of training prompts (concatenated, or mixed by weight when a source sets ``weight``).
+            val: sources of validation prompts (concatenated).
+            test: sources of test prompts (concatenated).
             batch_size: prompts per training step (the rollout batch, before samples per prompt).
             eval_batch_size: prompts per validation/test batch.
             num_workers: data-loading worker processes.
+            tokenizer: the student's tokenizer (path or hub id); with ``max_prompt_length``, longer prompts are dropped.
+            max_prompt_length: drop prompts whose chat-templated length exceeds this many tokens.
+            mixing: when weighted training sources run out (``datasets.interleave_datasets`` stopping strategy):
+                "all_exhausted" oversamples until every source was seen whole, "first_exhausted" stops at the
+                first exhausted source.
+            seed: seed of the weighted mixing.
         """
         super().__init__()
         self.sources = {"train": train or [], "val": val or [], "test": test or []}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.datasets: dict[str, RowDataset] = {}
+        self.tokenizer = tokenizer
+        self.max_prompt_length = max_prompt_length
+        self.mixing = mixing
+        self.seed = seed
+        self.datasets: dict[str, datasets.Dataset] = {}
 
     @property
     def domains(self) -> set[str]:
         """Every domain present in the loaded training rows."""
-        return {row["domain"] for row in self.datasets.get("train", RowDataset([])).rows}
+        return set(self.datasets["train"]["domain"]) if "train" in self.datasets else set()
 
     def setup(self, stage: str) -> None:
         for split, sources in self.sources.items():
             if split not in self.datasets and sources:
-                rows = [row for source in sources for row in load_rows(source)]
-                log.info("%s: %d rows from %s", split, len(rows), [s.path for s in sources])
-                self.datasets[split] = RowDataset(rows)
+                parts = [load_rows(source) for source in sources]
+                if self.tokenizer is not None and self.max_prompt_length is not None:
+                    parts = self._drop_long_prompts(split, parts)
+                for source, rows in zip(sources, parts, strict=True):
+                    if not rows:
+                        raise ValueError(f"{split} source {source.path!r} has no rows (after its filters)")
+                self.datasets[split] = self._combine(split, sources, parts)
+                log.info("%s: %d rows from %s", split, len(self.datasets[split]), [s.path for s in sources])
+
+    def _drop_long_prompts(self, split: str, parts: list[list[Row]]) -> list[list[Row]]:
+        """The rows whose prompts fit ``max_prompt_length``; logs how many were dropped."""
+        tokenizer, kept = load_tokenizer(self.tokenizer), []
+        for rows in parts:
+            lengths = prompt_lengths(tokenizer, rows)
+            kept.append([row for row, length in zip(rows, lengths, strict=True) if length <= self.max_prompt_length])
+        dropped = sum(map(len, parts)) - sum(map(len, kept))
+        log.info(
+            "%s: dropped %d of %d prompts longer than max_prompt_length=%d tokens",
+            split,
+            dropped,
+            sum(map(len, parts)),
+            self.max_prompt_length,
+        )
+        return kept
+
+    def _combine(self, split: str, sources: list[DataSource], parts: list[list[Row]]) -> datasets.Dataset:
+        """One dataset of the split: weighted interleaving of training sources, else concatenation."""
+        parts = [rows_dataset(rows) for rows in parts]
+        if split != "train" or len(parts) == 1 or all(source.weight is None for source in sources):
+            return datasets.concatenate_datasets(parts)
+        weights = [1.0 if source.weight is None else source.weight for source in sources]
+        return datasets.interleave_datasets(
+            parts,
+            probabilities=[weight / sum(weights) for weight in weights],
+            seed=self.seed,
+            stopping_strategy=self.mixing,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
