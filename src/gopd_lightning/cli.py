@@ -36,8 +36,8 @@ class GOPDCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         # the DataModule drops prompts that the student's tokenizer makes longer than the limit
-        parser.link_arguments("model.student", "data.tokenizer")
-        parser.link_arguments("model.max_prompt_length", "data.max_prompt_length")
+        parser.link_arguments("model.init_args.student", "data.tokenizer")
+        parser.link_arguments("model.init_args.max_prompt_length", "data.max_prompt_length")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,
@@ -116,6 +116,7 @@ def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
     return GOPDCLI(
         GOPDModule,
         PromptDataModule,
+        subclass_mode_model=True,
         args=list(args),
         run=run,
         parser_kwargs={"parser_mode": "omegaconf"},
