@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from gopd_lightning.data import PromptDataModule
-from gopd_lightning.module import GOPDModule
+from gopd_lightning.policy import PolicyModule
 
 
 def _register_resolvers() -> None:
@@ -114,7 +114,7 @@ def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
     """The LightningCLI behind ``gopd``; ``run=False`` only parses and instantiates (for tests)."""
     _register_resolvers()
     return GOPDCLI(
-        GOPDModule,
+        PolicyModule,
         PromptDataModule,
         subclass_mode_model=True,
         args=list(args),

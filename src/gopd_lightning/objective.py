@@ -100,3 +100,17 @@ def policy_gradient_loss(
         weight = torch.exp(old_logp - sampler_logp.detach()).clamp(max=is_cap)
         surrogate = weight * surrogate
     return -aggregate(surrogate, mask, aggregation)
+
+
+def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """GRPO's sequence advantages: each reward minus its group's mean, over the group's std.
+
+    ``rewards`` [groups * group_size] holds the rewards of ``group_size`` samples of each prompt,
+    consecutively. A group whose samples all scored the same gets zero advantage (nothing to learn).
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.view(-1, group_size).double()
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True, unbiased=False) if group_size > 1 else torch.ones_like(centred)
+    return (centred / (std + eps)).view(-1).to(rewards.dtype)

@@ -139,7 +139,10 @@ class PromptDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches; none (so ``fit`` skips validation) when no val source is set."""
+        if not self.sources["val"]:
+            return []
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
