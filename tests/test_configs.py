@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gopd_lightning import GOPDModule, PromptDataModule
+from gopd_lightning import PolicyModule, PromptDataModule
 from gopd_lightning.cli import build_cli
 
 ROOT = Path(__file__).parents[1] / "configs"
@@ -24,8 +24,8 @@ def test_configs_exist() -> None:
 def test_config_parses_and_instantiates(path: Path, tmp_path: Path) -> None:
     configs = ["-c", str(path)] if path in EXPERIMENTS else ["-c", str(BASE), "-c", str(path)]
     cli = build_cli([*configs, f"--trainer.default_root_dir={tmp_path}"], run=False)
-    assert isinstance(cli.model, GOPDModule) and isinstance(cli.datamodule, PromptDataModule)
-    assert cli.model.teachers is None  # models are built in configure_model, not at parse time
+    assert isinstance(cli.model, PolicyModule) and isinstance(cli.datamodule, PromptDataModule)
+    assert cli.model.student is None  # models are built in configure_model, not at parse time
     assert all(Path(logger.log_dir) == tmp_path for logger in cli.trainer.loggers)
     # the DataModule filters prompts with the student's tokenizer and the model's limit
     assert cli.datamodule.tokenizer == cli.model.hparams.student

@@ -10,7 +10,6 @@ reference model (the published teacher runs: lr 1e-6, 128 prompts x 8 rollouts).
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
