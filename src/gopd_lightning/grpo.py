@@ -35,6 +35,8 @@ class GRPOModule(PolicyModule):
         student_dtype: str = "float32",
         optimizer: OptimizerCallable = paper_adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lora: dict | None = None,
+        chat_template_kwargs: dict | None = None,
     ) -> None:
         """
         Args:

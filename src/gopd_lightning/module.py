@@ -26,17 +26,18 @@ Features:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
 from gopd_lightning.objective import aggregate, token_advantages
 from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
-from gopd_lightning.rollout import Rollout, SamplingConfig, response_logprobs
+from gopd_lightning.rollout import Rollout, SamplingConfig
 
 INITIAL = "initial"
 FROZEN_PREFIXES = ("teachers.", "reference.")
@@ -62,13 +63,18 @@ class GOPDModule(PolicyModule):
         frozen_dtype: str = "float32",
         optimizer: OptimizerCallable = paper_adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lora: dict | None = None,
+        chat_template_kwargs: dict | None = None,
+        offload_frozen: bool = False,
     ) -> None:
         """
         Args:
             student: path, hub id or ``toy:<name>`` of the model to train.
             teachers: domain -> teacher model; each row is scored by its domain's teacher.
-            reference: "initial" (a frozen copy of the student's initial weights), a model path
-                (e.g. the teacher's pre-RL base, for reward correction), or None (only with lam 1).
+            reference: "initial" (the student's initial weights: a frozen copy, or for a LoRA
+                student the base model with the adapter disabled, with no second copy), a model
+                path (e.g. the teacher's pre-RL base, for reward correction), or None (only with
+                lam 1).
             lam: reward scale lambda: 1 = OPD, > 1 = ExOPD (1.25 in the paper), < 1 interpolation.
             sampling: how training rollouts are sampled.
             eval_sampling: how validation and test responses are sampled.
@@ -106,6 +112,8 @@ class GOPDModule(PolicyModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.teachers: nn.ModuleDict | None = None
         self.reference: PreTrainedModel | None = None
+        # tokenizers of frozen models whose chat template differs from the student's
+        self.prompt_tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         # teachers and the reference never enter checkpoints; the config rebuilds them
         self.register_state_dict_post_hook(_drop_frozen_keys)
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
@@ -124,24 +132,24 @@ class GOPDModule(PolicyModule):
         if self.student is not None:
             return
         hp = self.hparams
-        tokenizer = load_tokenizer(hp.student)
-        for domain, path in hp.teachers.items():
-            check_same_vocabulary(tokenizer, load_tokenizer(path), f"teacher {domain!r} ({path})")
+        frozen = {f"teacher {domain!r}": path for domain, path in hp.teachers.items()}
         if self.needs_reference and hp.reference != INITIAL:
-            check_same_vocabulary(tokenizer, load_tokenizer(hp.reference), f"reference ({hp.reference})")
+            frozen["reference"] = hp.reference
+        student_tokenizer = load_tokenizer(hp.student)
+        for name, path in frozen.items():  # tokenizers first: fail before loading any weights
+            tokenizer = load_tokenizer(path)
+            check_same_vocabulary(student_tokenizer, tokenizer, f"{name} ({path})")
+            if tokenizer.chat_template != student_tokenizer.chat_template:
+                self.prompt_tokenizers[name] = tokenizer
         super().configure_model()
-        teachers = {}
-        for domain, path in hp.teachers.items():
-            teachers[domain] = freeze(load_causal_lm(path, hp.frozen_dtype))
-            check_vocabulary_fits(teachers[domain], self.tokenizer, f"teacher {domain!r} ({path})")
-        self.teachers = nn.ModuleDict(teachers)
-        if self.needs_reference:
-            if hp.reference == INITIAL:
-                reference = copy.deepcopy(self.student).to(getattr(torch, hp.frozen_dtype))
-            else:
-                reference = load_causal_lm(hp.reference, hp.frozen_dtype)
-            check_vocabulary_fits(reference, self.tokenizer, f"reference ({hp.reference})")
-            self.reference = freeze(reference)
+        models = {name: freeze(load_causal_lm(path, hp.frozen_dtype)) for name, path in frozen.items()}
+        for name, model in models.items():
+            check_vocabulary_fits(model, self.tokenizer, f"{name} ({frozen[name]})")
+        self.teachers = nn.ModuleDict({domain: models[f"teacher {domain!r}"] for domain in hp.teachers})
+        if self.needs_reference and hp.reference == INITIAL and not hp.lora:
+            self.reference = freeze(copy.deepcopy(self.student).to(getattr(torch, hp.frozen_dtype)))
+        elif "reference" in models:
+            self.reference = models["reference"]
 
     def setup(self, stage: str) -> None:
         """Fail early when the data holds a domain that has no teacher."""
@@ -182,19 +190,26 @@ class GOPDModule(PolicyModule):
         domains = [row["domain"] for row in rollout.rows]
         for domain in sorted(set(domains)):
             index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=teacher_logp.device)
-            teacher_logp[index] = self._frozen_logprobs(self.teachers[domain], rollout.select(index))
-        ref_logp = self._frozen_logprobs(self.reference, rollout) if self.needs_reference else None
-        return teacher_logp, ref_logp
+            teacher_logp[index] = self._frozen_logprobs(
+                self.teachers[domain], rollout.select(index), f"teacher {domain!r}"
+            )
+        if not self.needs_reference:
+            return teacher_logp, None
+        if self.reference is None:  # a LoRA student: the base model is its adapter switched off
+            with self.student.disable_adapter():
+                return teacher_logp, self.logprobs_of(self.student, rollout)[0]
+        return teacher_logp, self._frozen_logprobs(self.reference, rollout, "reference")
 
-    def _frozen_logprobs(self, model: PreTrainedModel, rollout: Rollout) -> Tensor:
-        logp, _ = response_logprobs(
-            model,
-            rollout.input_ids,
-            rollout.attention_mask,
-            rollout.response_ids.shape[1],
-            self.hparams.logprob_chunk_size,
-        )
-        return logp
+    def _frozen_logprobs(self, model: PreTrainedModel, rollout: Rollout, name: str) -> Tensor:
+        with offloaded(model, self.device, self.hparams.offload_frozen):
+            return self.logprobs_of(model, rollout, self.prompt_tokenizers.get(name))[0]
+
+    def on_fit_start(self) -> None:
+        """With ``offload_frozen``, move the frozen models to CPU memory once the trainer placed them."""
+        if self.hparams.offload_frozen:
+            for model in [*self.teachers.values(), self.reference]:
+                if model is not None:
+                    model.to("cpu")
 
     # ---------------------------------------------------------------- logging
     def log_rollout(
@@ -228,6 +243,19 @@ class GOPDModule(PolicyModule):
             for key, value in stats.items():
                 show = name == "" and key in ("reverse_kl", "accuracy")
                 self.log(prefix + key, value, prog_bar=show, batch_size=len(index))
+
+
+@contextmanager
+def offloaded(model: nn.Module, device: torch.device, enabled: bool) -> Iterator[None]:
+    """Move ``model`` to ``device`` for the block and back to the CPU after it, when ``enabled``."""
+    if not enabled:
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to("cpu")
 
 
 def _ended(rollout: Rollout, eos_token_id: int) -> Tensor:

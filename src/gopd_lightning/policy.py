@@ -23,7 +23,7 @@ from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_tokenizer
 from gopd_lightning.objective import Aggregation, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
-from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs
+from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs, with_prompts_of
 
 AdvantageFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -70,6 +70,8 @@ class PolicyModule(LightningModule):
         student_dtype: str = "float32",
         optimizer: OptimizerCallable = paper_adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lora: dict | None = None,
+        chat_template_kwargs: dict | None = None,
     ) -> None:
         """
         Args:
@@ -85,8 +87,13 @@ class PolicyModule(LightningModule):
             student_dtype: weights of the student.
             optimizer: builds the optimiser from the student's parameters.
             lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
+            lora: train a LoRA adapter instead of every weight: keyword arguments of
+                ``peft.LoraConfig`` (e.g. ``{r: 16, lora_alpha: 32, target_modules: all-linear}``).
+            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt
+                (e.g. ``{enable_thinking: false}`` for Qwen3's non-thinking template).
         """
         super().__init__()
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.sampling = sampling or SamplingConfig()
         self.eval_sampling = eval_sampling or SamplingConfig()
         self.update = update or UpdateConfig()
@@ -104,27 +111,54 @@ class PolicyModule(LightningModule):
         if self.student is not None:
             return
         self.tokenizer = load_tokenizer(self.hparams.student)
-        self.student = load_causal_lm(self.hparams.student, self.hparams.student_dtype).train()
-        check_vocabulary_fits(self.student, self.tokenizer, f"student ({self.hparams.student})")
+        student = load_causal_lm(self.hparams.student, self.hparams.student_dtype)
+        check_vocabulary_fits(student, self.tokenizer, f"student ({self.hparams.student})")
+        if self.hparams.get("lora"):
+            from peft import LoraConfig, get_peft_model
+
+            student = get_peft_model(student, LoraConfig(task_type="CAUSAL_LM", **self.hparams.lora))
+        self.student = student.train()
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the shared vocabulary: logits beyond it (embedding padding) are never used."""
+        return len(self.tokenizer)
 
     def rollout(self, rows: list[dict], sampling: SamplingConfig) -> Rollout:
         """Sample responses to ``rows`` from the student."""
-        return generate_rollout(self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length)
+        return generate_rollout(
+            self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
+        )
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
-        optimizer = self.optimizer_factory(self.student.parameters())
+        optimizer = self.optimizer_factory([p for p in self.student.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     def student_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """Student log-prob (with grad when enabled) and entropy of the sampled response tokens."""
+        return self.logprobs_of(self.student, rollout)
+
+    def logprobs_of(
+        self, model: PreTrainedModel, rollout: Rollout, prompt_tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Log-prob and entropy of the rollout's response tokens under ``model``.
+
+        With ``prompt_tokenizer`` (a model whose chat template differs from the student's) the
+        prompts are rendered that model's way and the response ids appended unchanged.
+        """
+        if prompt_tokenizer is None:
+            input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
+        else:
+            input_ids, attention_mask = with_prompts_of(prompt_tokenizer, rollout, self.chat_template_kwargs)
         return response_logprobs(
-            self.student,
-            rollout.input_ids,
-            rollout.attention_mask,
+            model,
+            input_ids,
+            attention_mask,
             rollout.response_ids.shape[1],
             self.hparams.logprob_chunk_size,
+            self.vocab_size,
         )
 
     def optimise(self, rollout: Rollout, advantage_fn: AdvantageFn) -> tuple[Tensor, Tensor, Tensor, Tensor]:

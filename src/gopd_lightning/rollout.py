@@ -72,13 +72,17 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> l
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], max_prompt_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Row],
+    max_prompt_length: int | None = None,
+    template_kwargs: dict | None = None,
 ) -> dict[str, Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask`` of the rows' chat prompts.
 
     Raises a ValueError naming the row when a prompt is longer than ``max_prompt_length``.
     """
-    encoded = tokenizer(render_prompts(tokenizer, rows), add_special_tokens=False, padding=True, return_tensors="pt")
+    texts = render_prompts(tokenizer, rows, **(template_kwargs or {}))
+    encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     if max_prompt_length is not None:
         lengths = encoded["attention_mask"].sum(dim=-1)
         too_long = (lengths > max_prompt_length).nonzero().flatten().tolist()
@@ -89,6 +93,11 @@ def encode_prompts(
                 f"than max_prompt_length={max_prompt_length}; filter or shorten it"
             )
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def padded_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Output ids beyond the tokenizer (embedding padding): never sampled, never scored."""
+    return list(range(len(tokenizer), model.get_output_embeddings().weight.shape[0]))
 
 
 def response_mask_after_eos(responses: Tensor, eos_token_ids: Sequence[int]) -> Tensor:
@@ -105,13 +114,14 @@ def generate_rollout(
     rows: Sequence[Row],
     sampling: SamplingConfig,
     max_prompt_length: int | None = None,
+    template_kwargs: dict | None = None,
 ) -> Rollout:
     """Sample ``samples_per_prompt`` responses per row with HF ``generate`` (KV cache on).
 
     EOS and PAD come from the tokenizer, set explicitly, never from a generation config that
     transformers may have filled from other special tokens.
     """
-    prompts = encode_prompts(tokenizer, rows, max_prompt_length)
+    prompts = encode_prompts(tokenizer, rows, max_prompt_length, template_kwargs)
     n = sampling.samples_per_prompt
     prompts = {key: value.repeat_interleave(n, dim=0).to(model.device) for key, value in prompts.items()}
     greedy = sampling.temperature == 0
@@ -127,6 +137,7 @@ def generate_rollout(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=padded_token_ids(model, tokenizer) or None,
             use_cache=True,
         )
     finally:
@@ -140,12 +151,19 @@ def generate_rollout(
 
 
 def response_logprobs(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, response_length: int, chunk_size: int = 1024
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_length: int,
+    chunk_size: int = 1024,
+    vocab_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-prob and entropy [rows, response_length] of the last ``response_length`` tokens.
 
     Runs the decoder once and applies the output head chunk by chunk at the response positions
     only (fp32, never the whole [rows, time, vocab]). Temperature 1: the model's own distribution.
+    ``vocab_size`` keeps the first logits only: embedding matrices padded beyond the tokenizer
+    differ between models, the shared vocabulary does not.
     """
     position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
     hidden = model.get_decoder()(
@@ -155,4 +173,28 @@ def response_logprobs(
         use_cache=False,
     ).last_hidden_state
     start = input_ids.shape[1] - response_length - 1
-    return logprobs_from_hidden(hidden[:, start:], model.get_output_embeddings(), input_ids[:, start + 1 :], chunk_size)
+    head = model.get_output_embeddings()
+    if vocab_size is not None:
+        full_head = head
+
+        def head(h: Tensor) -> Tensor:
+            return full_head(h)[..., :vocab_size]
+
+    return logprobs_from_hidden(hidden[:, start:], head, input_ids[:, start + 1 :], chunk_size)
+
+
+def with_prompts_of(
+    tokenizer: PreTrainedTokenizerBase, rollout: Rollout, template_kwargs: dict | None = None
+) -> tuple[Tensor, Tensor]:
+    """The rollout's responses behind its prompts rendered by another model's chat template.
+
+    A teacher scores the student's response token ids after the prompt as *it* was trained to
+    see it; the response block (and so the response columns) is unchanged.
+    """
+    prompts = encode_prompts(tokenizer, rollout.rows, template_kwargs=template_kwargs)
+    device = rollout.input_ids.device
+    input_ids = torch.cat([prompts["input_ids"].to(device), rollout.response_ids], dim=1)
+    attention_mask = torch.cat(
+        [prompts["attention_mask"].to(device), rollout.response_mask.to(prompts["attention_mask"].dtype)], dim=1
+    )
+    return input_ids, attention_mask

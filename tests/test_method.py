@@ -1,0 +1,139 @@
+"""The paper's method on tiny models: routing by domain, reward correction, LoRA reference,
+teacher chat templates and padded vocabularies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import save_tiny_model
+from gopd_lightning import GOPDModule, SamplingConfig
+from gopd_lightning.models import load_causal_lm, load_tokenizer
+from gopd_lightning.objective import token_advantages
+from gopd_lightning.rollout import encode_prompts, generate_rollout, response_logprobs
+from gopd_lightning.toy.tasks import toy_rows
+from gopd_lightning.toy.tokenizer import build_tokenizer
+
+
+def built(models: dict[str, str], **overrides) -> GOPDModule:
+    kwargs = dict(
+        student=models["student"],
+        teachers={"math": models["teacher"]},
+        lam=1.25,
+        sampling=SamplingConfig(max_new_tokens=6),
+        max_prompt_length=64,
+    )
+    kwargs.update(overrides)
+    module = GOPDModule(**kwargs)
+    module.configure_model()
+    return module
+
+
+def direct_logprobs(path: str, rollout, tokenizer=None) -> torch.Tensor:
+    """Log-probs of the rollout's responses under the model at ``path``, computed by hand."""
+    model = load_causal_lm(path)
+    tokenizer = tokenizer or load_tokenizer(path)
+    prompts = encode_prompts(tokenizer, rollout.rows)
+    ids = torch.cat([prompts["input_ids"], rollout.response_ids], dim=1)
+    mask = torch.cat([prompts["attention_mask"], rollout.response_mask.long()], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    logits = logits[:, prompts["input_ids"].shape[1] - 1 : -1, : len(tokenizer)].float()
+    return torch.log_softmax(logits, -1).gather(-1, rollout.response_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def test_each_rows_advantage_uses_its_own_domains_teacher(tiny_models: dict[str, str]) -> None:
+    module = built(tiny_models, teachers={"math": tiny_models["teacher"], "code": tiny_models["teacher_llama"]})
+    rows = toy_rows("math", 2) + [{**row, "domain": "code"} for row in toy_rows("math", 2, seed=1)]
+    torch.manual_seed(0)
+    rollout = generate_rollout(module.student, module.tokenizer, rows, module.sampling)
+    teacher_logp, ref_logp = module.score_frozen(rollout)
+    student_logp, _ = module.student_logprobs(rollout)
+    advantages = token_advantages(student_logp, teacher_logp, ref_logp, 1.25)
+    mask = rollout.response_mask
+    for rows_of, path in (([0, 1], tiny_models["teacher"]), ([2, 3], tiny_models["teacher_llama"])):
+        own = direct_logprobs(path, rollout)[rows_of]
+        ref = direct_logprobs(tiny_models["student"], rollout)[rows_of]  # default reference: initial student
+        expected = 1.25 * (own - ref) - (student_logp[rows_of] - ref)
+        assert torch.allclose(advantages[rows_of][mask[rows_of]], expected[mask[rows_of]], atol=1e-4)
+
+
+def test_reward_correction_changes_the_advantage_exactly_as_the_formula_says(tiny_models: dict[str, str]) -> None:
+    lam = 1.25
+    default = built(tiny_models, lam=lam)
+    corrected = built(tiny_models, lam=lam, reference=tiny_models["reference"])  # the teacher's pre-RL base
+    torch.manual_seed(0)
+    rollout = generate_rollout(default.student, default.tokenizer, toy_rows("math", 4), default.sampling)
+    student_logp, _ = default.student_logprobs(rollout)
+    teacher, ref_default = default.score_frozen(rollout)
+    teacher_again, ref_base = corrected.score_frozen(rollout)
+    assert torch.equal(teacher, teacher_again)
+    mask = rollout.response_mask
+    assert torch.allclose(ref_base[mask], direct_logprobs(tiny_models["reference"], rollout)[mask], atol=1e-4)
+    difference = token_advantages(student_logp, teacher, ref_base, lam) - token_advantages(
+        student_logp, teacher, ref_default, lam
+    )
+    # A = lam * t - s + (1 - lam) * r: swapping the reference moves A by (1 - lam) * (r_base - r_default)
+    assert torch.allclose(difference[mask], ((1 - lam) * (ref_base - ref_default))[mask], atol=1e-5)
+    assert difference[mask].abs().max() > 1e-3
+
+
+def test_lora_reference_is_the_base_model_with_the_adapter_disabled(tiny_models: dict[str, str]) -> None:
+    pytest.importorskip("peft")
+    module = built(tiny_models, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    assert module.reference is None  # no second copy of the weights
+    for name, parameter in module.student.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op; make the adapter matter
+            torch.nn.init.normal_(parameter, std=0.5)
+    torch.manual_seed(0)
+    rollout = generate_rollout(module.student, module.tokenizer, toy_rows("math", 3), module.sampling)
+    _, ref_logp = module.score_frozen(rollout)
+    student_logp, _ = module.student_logprobs(rollout)
+    base = direct_logprobs(tiny_models["student"], rollout)
+    mask = rollout.response_mask
+    assert torch.allclose(ref_logp[mask], base[mask], atol=1e-4)
+    assert not torch.allclose(student_logp[mask], base[mask], atol=1e-3)
+    trainable = [p for p in module.student.parameters() if p.requires_grad]
+    optimised = module.configure_optimizers().param_groups[0]["params"]
+    assert len(optimised) == len(trainable) and all(p.requires_grad for p in optimised)
+
+
+def test_teacher_scores_after_its_own_chat_template(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = "<|im_start|>system\nYou are an expert.<|im_end|>\n" + tokenizer.chat_template
+    teacher = save_tiny_model(tmp_path / "templated", seed=1, tokenizer=tokenizer)
+    module = built(tiny_models, lam=1.0, teachers={"math": teacher})
+    torch.manual_seed(0)
+    rollout = generate_rollout(module.student, module.tokenizer, toy_rows("math", 3), module.sampling)
+    teacher_logp, _ = module.score_frozen(rollout)
+    mask = rollout.response_mask
+    own = direct_logprobs(teacher, rollout, load_tokenizer(teacher))
+    plain = direct_logprobs(teacher, rollout, load_tokenizer(tiny_models["student"]))
+    assert torch.allclose(teacher_logp[mask], own[mask], atol=1e-4)
+    assert not torch.allclose(teacher_logp[mask], plain[mask], atol=1e-3)
+
+
+def test_padded_embeddings_are_sliced_to_the_shared_vocabulary(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    padded = save_tiny_model(tmp_path / "padded", seed=1, vocab_size=len(build_tokenizer()) + 27)
+    module = built(tiny_models, lam=1.0, student=padded, teachers={"math": tiny_models["teacher"]})
+    torch.manual_seed(0)
+    rollout = generate_rollout(module.student, module.tokenizer, toy_rows("math", 8), SamplingConfig(max_new_tokens=8))
+    assert int(rollout.response_ids.max()) < len(module.tokenizer)  # padded ids are never sampled
+    student_logp, _ = module.student_logprobs(rollout)
+    mask = rollout.response_mask
+    assert torch.allclose(student_logp[mask], direct_logprobs(padded, rollout)[mask], atol=1e-4)
+    full, _ = response_logprobs(
+        module.student, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
+    )
+    assert not torch.allclose(full[mask], student_logp[mask], atol=1e-4)  # the slice matters
+
+
+def test_offloaded_teachers_give_the_same_scores(tiny_models: dict[str, str]) -> None:
+    plain, offloaded = built(tiny_models), built(tiny_models, offload_frozen=True)
+    torch.manual_seed(0)
+    rollout = generate_rollout(plain.student, plain.tokenizer, toy_rows("math", 3), plain.sampling)
+    for a, b in zip(plain.score_frozen(rollout), offloaded.score_frozen(rollout), strict=True):
+        assert torch.equal(a, b)
+    assert next(offloaded.teachers["math"].parameters()).device.type == "cpu"
