@@ -244,3 +244,10 @@ def test_unsupported_file_and_empty_source_are_clear_errors(tmp_path: Path) -> N
     path = write_jsonl(tmp_path / "easy.jsonl", [deepmath_row("Find x.", 1.0)])
     with pytest.raises(ValueError, match=r"train source .*easy.jsonl' has no rows"):
         PromptDataModule(train=[DataSource(path, min_difficulty=6)]).setup("fit")
+
+
+def test_domain_filter_keeps_only_the_named_domains(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD, {**GOOD, "id": "b", "domain": "code"}])
+    data = PromptDataModule(train=[DataSource(path, domains=["code"])])
+    data.setup("fit")
+    assert [row["id"] for row in data.datasets["train"]] == ["b"]

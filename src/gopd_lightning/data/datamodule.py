@@ -36,6 +36,8 @@ def load_rows(source: DataSource) -> list[Row]:
         rows = load_benchmark(source.default_name, source.file, **source.options).to_list()[: source.limit]
     else:
         rows = read_source(source)
+    if source.domains is not None:
+        rows = [row for row in rows if row["domain"] in source.domains]
     return [{**row, "source": source.name or row.get("source") or source.default_name} for row in rows]
 
 

@@ -57,6 +57,8 @@ class DataSource:
     """Row format of a file or hub source; "auto" detects it from the rows' fields."""
     min_difficulty: float | None = None
     """Keep only rows whose numeric ``difficulty`` is at least this (DeepMath-103K: the paper keeps >= 6)."""
+    domains: list[str] | None = None
+    """Keep only rows of these domains (e.g. the code rows of Eurus-2-RL, which also holds math)."""
     file: str | None = None
     """Local copy of a ``benchmark:`` source in its upstream file format (default: its hub dataset)."""
     options: dict[str, Any] = field(default_factory=dict)
