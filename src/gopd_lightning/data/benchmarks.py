@@ -39,6 +39,9 @@ from gopd_lightning.data.schema import (
 )
 from gopd_lightning.data.sources import Records, answer_text, dataset_records, hub_records, read_records
 
+# EvalPlus' "plus" inputs are large: canonical solutions take up to 8 s (HumanEval/15) and 20-40 s (Mbpp/599)
+EVALPLUS_TIMEOUT_S = 120.0
+
 VERL_MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 EVALPLUS_INSTRUCTION = (
     "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
@@ -221,7 +224,7 @@ def humaneval_row(record: Mapping, index: int, name: str) -> Row:
         "id": task_id,
         "domain": "code",
         "prompt": evalplus_prompt(record["prompt"]),
-        "ground_truth": script_spec(test, entry_point),
+        "ground_truth": script_spec(test, entry_point, EVALPLUS_TIMEOUT_S),
     }
 
 
@@ -233,7 +236,7 @@ def mbpp_row(record: Mapping, index: int, name: str) -> Row:
         "id": task_id if task_id.startswith("Mbpp/") else f"Mbpp/{task_id}",
         "domain": "code",
         "prompt": evalplus_prompt(task_prompt),
-        "ground_truth": script_spec(record["test"]),
+        "ground_truth": script_spec(record["test"], timeout_s=EVALPLUS_TIMEOUT_S),
     }
 
 

@@ -1,0 +1,523 @@
+"""Run untrusted Python programs (model-written code) in a throwaway Linux sandbox.
+
+In-process guards can be undone by the code they guard, so every program runs in its own processes:
+
+* a *warden* (``python -c`` with the sandbox half of this file; stdlib only, so it starts in ~10 ms) unshares
+  network, pid and mount namespaces and forks the namespace's *init*, which builds the filesystem view: every
+  mount read-only and nosuid, fresh size-capped tmpfs over ``/tmp``, ``/var/tmp`` and ``/dev/shm``, a fresh
+  ``/proc``, and directories the sandbox user may not traverse (e.g. ``/root`` holding a pyenv interpreter)
+  masked by a tmpfs that re-exposes only what the interpreter needs;
+* init forks the program, which drops to the slot's unprivileged uid (``BASE_UID + slot``; under an unprivileged
+  user namespace it becomes that uid in a nested namespace), sets rlimits and execs ``sys.executable``;
+* init exits when the program does, and the kernel then kills everything left in the pid namespace (daemons
+  included); on timeout the warden kills init. The warden exits only after init is reaped, i.e. after the
+  whole namespace is gone, so nothing outlives :func:`run_python`.
+
+Hosts with neither root nor user namespaces get :class:`SandboxUnavailable`, unless weak mode (rlimits, timeout
+and process-group kill only, same uid as the caller, no isolation) is explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import marshal
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+BASE_UID = 60000
+WEAK_ENV = "GOPD_SANDBOX"
+WORKDIR = "/tmp/run"
+SANDBOX_SIDE = "# ==== sandbox side"
+# the warden's imports; ``signal`` and ``json`` would pull in enum and re: +10 ms on every run
+WARDEN_PRELUDE = "from __future__ import annotations\nimport _signal as signal, marshal, os, sys\n"
+KILL_GRACE_S = 2.0
+POLL_S = 0.05
+READ_CHUNK = 1 << 16
+
+
+class SandboxUnavailable(RuntimeError):
+    """The host cannot build the sandbox (and weak mode was not allowed), or building it failed."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one run: wall time for the whole run, the rest per process (``processes``: per slot)."""
+
+    wall_time_s: float = 10.0
+    cpu_time_s: int = 10
+    memory_mb: int = 4096  # address space (RLIMIT_AS); EvalPlus allows 4 GiB, Mbpp/255 needs over 1
+    processes: int = 32  # RLIMIT_NPROC of the slot uid (threads count); not applied in weak mode
+    file_size_mb: int = 16
+    open_files: int = 64
+    output_mb: int = 4  # stdout and stderr are each truncated to this
+    tmpfs_mb: int = 64  # size of each private tmpfs (/tmp, /var/tmp, /dev/shm)
+
+
+@dataclass
+class SandboxResult:
+    """What a program did. ``returncode`` follows the shell: 128 + N when killed by signal N; None on timeout."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool = False  # stdout or stderr exceeded ``SandboxLimits.output_mb``
+    wall_time_s: float = 0.0
+
+
+def run_python(
+    source: str,
+    stdin: str = "",
+    limits: SandboxLimits | None = None,
+    slot: int = 0,
+    allow_weak: bool = False,
+) -> SandboxResult:
+    """Run ``source`` with ``sys.executable`` in the sandbox; never raises on anything the program does.
+
+    ``slot`` picks the unprivileged uid (``BASE_UID + slot``), so runs in flight at the same time need distinct
+    slots for per-run process limits. Raises :class:`SandboxUnavailable` only for host problems.
+    """
+    backend = _backend(allow_weak)
+    return _execute(backend, source, stdin, limits or SandboxLimits(), slot)
+
+
+def check_sandbox(allow_weak: bool = False) -> str:
+    """The isolation in use: ``"namespaces"``, or ``"weak"`` when the host has none and weak mode is allowed.
+
+    Weak mode is allowed by ``allow_weak=True`` or the environment variable ``GOPD_SANDBOX=weak``; otherwise a
+    host without namespaces raises :class:`SandboxUnavailable` saying how to fix it.
+    """
+    return "weak" if _backend(allow_weak) == "weak" else "namespaces"
+
+
+# ----------------------------------------------------------------------------------------------- host side
+
+_probe_lock = threading.Lock()
+
+
+def _backend(allow_weak: bool) -> str:
+    """``"root"`` or ``"userns"`` (how the namespaces are built), or ``"weak"``."""
+    with _probe_lock:  # one probe, however many threads ask at once
+        backend, reason = _namespace_probe()
+    if backend is not None:
+        return backend
+    if allow_weak or os.environ.get(WEAK_ENV) == "weak":
+        _warn_weak_once(reason)
+        return "weak"
+    raise SandboxUnavailable(
+        f"cannot isolate untrusted code on this host: {reason}. The sandbox needs root (to create namespaces and "
+        "switch to an unprivileged uid) or unprivileged user namespaces (sysctls user.max_user_namespaces > 0, "
+        "kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0; in a container: "
+        "--privileged or CAP_SYS_ADMIN without a seccomp ban on unshare). To run model code WITHOUT isolation "
+        f"(rlimits and a timeout only), pass allow_weak=True or set {WEAK_ENV}=weak."
+    )
+
+
+@functools.cache
+def _warn_weak_once(reason: str) -> None:
+    warnings.warn(
+        f"code sandbox in WEAK mode ({reason}): programs run as this user with rlimits and a timeout only",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _probe_host() -> list[str]:
+    """Namespace backends this host may support, best first (confirmed by a real run in :func:`_namespace_probe`)."""
+    candidates = ["root"] if os.geteuid() == 0 else []
+    return candidates + (["userns"] if _user_namespaces_enabled() else [])
+
+
+def _user_namespaces_enabled() -> bool:
+    """Whether the sysctls allow unprivileged user namespaces (AppArmor may still refuse; the probe run tells)."""
+    sysctls = {"/proc/sys/user/max_user_namespaces": 1, "/proc/sys/kernel/unprivileged_userns_clone": 1}
+    for path, minimum in sysctls.items():
+        try:
+            with open(path) as handle:
+                if int(handle.read()) < minimum:
+                    return False
+        except FileNotFoundError:
+            continue
+    return True
+
+
+@functools.cache
+def _namespace_probe() -> tuple[str | None, str]:
+    """The first backend whose trial run works, or None and why none did. Cached for the process."""
+    reasons = []
+    for backend in _probe_host():
+        try:
+            result = _execute(backend, "import os; print(os.getuid())", "", SandboxLimits(), slot=0)
+        except SandboxUnavailable as error:
+            reasons.append(f"{backend}: {error}")
+            continue
+        if result.returncode == 0 and result.stdout.strip() == str(BASE_UID):
+            return backend, ""
+        reasons.append(f"{backend}: trial run failed ({result.returncode=}, {result.stderr[-500:]!r})")
+    return None, "; ".join(reasons) or "not root and user namespaces are disabled"
+
+
+def _execute(backend: str, source: str, stdin: str, limits: SandboxLimits, slot: int) -> SandboxResult:
+    """Start the warden for one program, feed it, collect bounded output, and stop it at the wall limit."""
+    weak = backend == "weak"
+    workdir = tempfile.mkdtemp(prefix="gopd-sandbox-") if weak else WORKDIR
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryFile() as source_file, tempfile.TemporaryFile() as stdin_file:
+            for handle, text in ((source_file, source), (stdin_file, stdin)):
+                handle.write(text.encode("utf-8", errors="surrogatepass"))  # any str: never raises
+                handle.seek(0)
+            status_read, status_write = os.pipe()
+            config = {
+                "backend": backend,
+                "uid": BASE_UID + slot,
+                "limits": asdict(limits),
+                "workdir": workdir,
+                "source_fd": source_file.fileno(),
+                "status_fd": status_write,
+                "expose": _interpreter_paths(),
+            }
+            try:
+                warden = subprocess.Popen(
+                    [*_warden_command(), marshal.dumps(config).hex()],  # same interpreter on both ends
+                    stdin=stdin_file,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(source_file.fileno(), status_write),
+                    env=_program_env(workdir),
+                    start_new_session=weak,
+                )
+            finally:
+                os.close(status_write)
+            streams, timed_out, truncated = _collect(warden, status_read, started + limits.wall_time_s, limits, weak)
+    finally:
+        if weak:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if streams["status"]:
+        raise SandboxUnavailable(f"sandbox setup failed ({backend}): {streams['status'].decode(errors='replace')}")
+    code = warden.returncode
+    return SandboxResult(
+        returncode=None if timed_out else (code if code >= 0 else 128 - code),
+        stdout=streams["stdout"].decode(errors="replace"),
+        stderr=streams["stderr"].decode(errors="replace"),
+        timed_out=timed_out,
+        truncated=truncated,
+        wall_time_s=time.monotonic() - started,
+    )
+
+
+def _collect(
+    warden: subprocess.Popen, status_fd: int, deadline: float, limits: SandboxLimits, weak: bool
+) -> tuple[dict[str, bytearray], bool, bool]:
+    """Read stdout, stderr and the setup-status pipe until the warden is done; kill it at ``deadline``.
+
+    Keeps at most ``limits.output_mb`` of each stream and drains the rest, so a chatty program never blocks.
+    Returns the streams, whether the wall limit hit, and whether output was truncated.
+    """
+    assert warden.stdout is not None and warden.stderr is not None
+    names = {warden.stdout.fileno(): "stdout", warden.stderr.fileno(): "stderr", status_fd: "status"}
+    streams = {name: bytearray() for name in names.values()}
+    bound, truncated, timed_out = limits.output_mb * MIB, False, False
+    stops = [lambda: _stop(warden, weak, signal.SIGTERM), lambda: _stop(warden, weak, signal.SIGKILL)]
+    with selectors.DefaultSelector() as selector:
+        for fd in names:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map() or warden.poll() is None:
+            now = time.monotonic()
+            if now >= deadline:
+                if not stops:
+                    break
+                timed_out = True
+                stops.pop(0)()
+                deadline = now + KILL_GRACE_S
+            if weak and warden.poll() is not None:
+                _kill_group(warden)  # stragglers may hold the pipes open
+            for key, _ in selector.select(min(deadline - now, POLL_S)):
+                chunk = os.read(key.fd, READ_CHUNK)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                buffer = streams[names[key.fd]]
+                room = max(bound - len(buffer), 0)
+                buffer += chunk[:room]
+                truncated |= len(chunk) > room
+    os.close(status_fd)
+    warden.stdout.close()
+    warden.stderr.close()
+    if weak:
+        _kill_group(warden)
+    warden.wait()
+    return streams, timed_out, truncated
+
+
+def _stop(warden: subprocess.Popen, weak: bool, signum: int) -> None:
+    """SIGTERM asks the warden to kill the namespace's init and wait for it; SIGKILL leaves that to PDEATHSIG."""
+    if weak:
+        _kill_group(warden)
+    elif warden.poll() is None:
+        warden.send_signal(signum)
+
+
+def _kill_group(warden: subprocess.Popen) -> None:
+    try:
+        os.killpg(warden.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@functools.cache
+def _warden_command() -> list[str]:
+    """``python -c`` with the sandbox side of this file: importing the whole module would triple its startup."""
+    with open(__file__, encoding="utf-8") as handle:
+        text = handle.read()
+    code = WARDEN_PRELUDE + text[text.index("\n" + SANDBOX_SIDE) :]
+    return [sys.executable, "-I", "-S", "-B", "-c", code]
+
+
+@functools.cache
+def _interpreter_paths() -> list[str]:
+    """Real paths the program's interpreter needs; init makes them reachable by the sandbox uid."""
+    candidates = [sys.executable, os.path.dirname(sys.executable), sys.prefix, sys.base_prefix, *sys.path]
+    return sorted({os.path.realpath(path) for path in candidates if path and os.path.exists(path)})
+
+
+def _program_env(workdir: str) -> dict[str, str]:
+    """A minimal environment: no host secrets, single-threaded math libraries (threads count as processes)."""
+    single_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        **single_thread,
+    }
+
+
+# ==== sandbox side: the warden runs the rest of this file as ``python -c`` (see _warden_command)
+
+TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SETUP_FAILED = 125
+MIB = 1 << 20
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 0x400, 0x800, 0x1000, 0x4000, 0x40000
+MS_RELATIME, MS_STRICTATIME = 0x200000, 0x1000000
+ST_RELATIME = 0x1000
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+
+def _warden_main(config: dict[str, Any]) -> NoReturn:
+    """Enter fresh namespaces, fork init, and relay its exit code; SIGTERM kills init (and so the namespace)."""
+    for fd in (config["source_fd"], config["status_fd"]):
+        os.set_inheritable(fd, False)
+    if config["backend"] == "weak":
+        _start_program(config)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        _enter_namespaces(config)
+        init = os.fork()
+    except Exception as error:
+        _fail(config, error)
+    if init == 0:
+        _init_main(config)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(init, signal.SIGKILL))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.close(config["status_fd"])
+    os._exit(_exit_code(os.waitpid(init, 0)[1]))
+
+
+def _init_main(config: dict[str, Any]) -> NoReturn:
+    """Pid 1 of the sandbox: build the filesystem, fork the program, reap everything, exit with its code."""
+    try:
+        _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _build_filesystem(config)
+        program = os.fork()
+    except Exception as error:
+        _fail(config, error)
+    if program == 0:
+        _start_program(config)
+    os.close(config["status_fd"])
+    os.close(config["source_fd"])
+    while True:
+        pid, status = os.wait()  # orphans of the program are reparented here
+        if pid == program:
+            os._exit(_exit_code(status))
+
+
+def _start_program(config: dict[str, Any]) -> NoReturn:
+    """Become the sandbox user, write the program into a fresh work directory, set rlimits and exec it."""
+    try:
+        if config["backend"] != "weak":
+            _drop_privileges(config)
+            os.mkdir(config["workdir"], 0o700)
+        os.chdir(config["workdir"])
+        with os.fdopen(config["source_fd"], "rb") as source, open("program.py", "wb") as program:
+            program.write(source.read())
+        _apply_limits(config)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        argv = [sys.executable, "-E", "-s", "-B", os.path.join(config["workdir"], "program.py")]
+        os.execv(sys.executable, argv)
+    except Exception as error:
+        _fail(config, error)
+
+
+def _fail(config: dict[str, Any], error: BaseException) -> NoReturn:
+    """Report a setup failure on the status pipe (closed on exec, so only our own code can write it) and exit."""
+    os.write(config["status_fd"], f"{type(error).__name__}: {error}".encode())
+    os._exit(SETUP_FAILED)
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _libc_call(name: str, *args: Any) -> None:
+    """Call a libc function, raising OSError with its errno when it returns -1."""
+    import ctypes  # imported here: only the warden needs it
+
+    encoded = [arg.encode() if isinstance(arg, str) else arg for arg in args]
+    if getattr(ctypes.CDLL(None, use_errno=True), name)(*encoded) == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}{tuple(args)}: {os.strerror(errno)}")
+
+
+def _write_file(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def _enter_namespaces(config: dict[str, Any]) -> None:
+    """New mount, pid and network namespaces; under ``userns`` also a user namespace where we are root."""
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET
+    if config["backend"] == "root":
+        _libc_call("unshare", flags)
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    _libc_call("unshare", flags | CLONE_NEWUSER)
+    _map_ids(inside=0, outside_uid=uid, outside_gid=gid)
+
+
+def _map_ids(inside: int, outside_uid: int, outside_gid: int) -> None:
+    """Map one id of a freshly unshared user namespace onto our id outside it."""
+    _write_file("/proc/self/setgroups", "deny")
+    _write_file("/proc/self/uid_map", f"{inside} {outside_uid} 1")
+    _write_file("/proc/self/gid_map", f"{inside} {outside_gid} 1")
+
+
+def _build_filesystem(config: dict[str, Any]) -> None:
+    """Read-only nosuid view of the host, private tmpfs where the host is world-writable, fresh /proc."""
+    _libc_call("mount", None, "/", None, MS_REC | MS_PRIVATE, None)
+    for mount_point in _mount_points():
+        _remount_readonly(mount_point)
+    size_mb = config["limits"]["tmpfs_mb"]
+    for directory, children in _masks(config["expose"]).items():
+        writable = directory in TMP_DIRS
+        _mask_directory(directory, children, "1777" if writable else "0755", size_mb, writable)
+    _libc_call("mount", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+
+
+def _mount_points() -> list[str]:
+    """Mount points of our mount namespace, parents first; those under /proc vanish under the new /proc."""
+    points = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4]
+            for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+                point = point.replace(escaped, char)
+            if not point.startswith("/proc/"):
+                points.append(point)
+    return points
+
+
+def _remount_readonly(mount_point: str) -> None:
+    """Make one mount read-only and nosuid in this namespace only (a bind remount), keeping its other flags."""
+    current = os.statvfs(mount_point).f_flag
+    kept = current & (MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    atime = MS_RELATIME if current & ST_RELATIME else 0 if current & MS_NOATIME else MS_STRICTATIME
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | kept | atime
+    _libc_call("mount", None, mount_point, None, flags, None)
+
+
+def _masks(expose: list[str]) -> dict[str, set[str]]:
+    """Directories to cover with a tmpfs, shallowest first, each with the children to re-expose from below.
+
+    Covered: the world-writable ``TMP_DIRS`` and every directory on the way to an ``expose`` path that others
+    may not traverse; the re-exposed children are those on the way to ``expose`` paths.
+    """
+    masks: dict[str, set[str]] = {os.path.realpath(d): set() for d in TMP_DIRS if os.path.isdir(d)}
+    for path in expose:
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts)):
+            parent = "/" + "/".join(parts[:depth])
+            if parent != "/" and not os.stat(parent).st_mode & 0o001:
+                masks.setdefault(parent, set())
+    for directory, children in masks.items():
+        prefix = directory.rstrip("/") + "/"
+        children.update(path[len(prefix) :].split("/")[0] for path in expose if path.startswith(prefix))
+    return dict(sorted(masks.items(), key=lambda item: item[0].count("/")))
+
+
+def _mask_directory(directory: str, children: set[str], mode: str, size_mb: int, writable: bool) -> None:
+    """Cover ``directory`` with a fresh tmpfs, bind-mounting ``children`` back from the covered original."""
+    original = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        options = f"mode={mode},size={size_mb}m"
+        _libc_call("mount", "tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for child in sorted(children):
+            source, target = f"/proc/self/fd/{original}/{child}", os.path.join(directory, child)
+            if os.path.isdir(source):
+                os.mkdir(target)
+            else:
+                open(target, "w").close()
+            _libc_call("mount", source, target, None, MS_BIND | MS_REC, None)
+    finally:
+        os.close(original)
+    if not writable:
+        _libc_call("mount", None, directory, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def _drop_privileges(config: dict[str, Any]) -> None:
+    """Become the slot's uid/gid with no capabilities and no way to regain privileges (setuid files, ...)."""
+    uid = config["uid"]
+    if config["backend"] == "root":
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    else:  # a nested user namespace where we are ``uid``; execve of a non-root uid then drops all capabilities
+        _libc_call("unshare", CLONE_NEWUSER)
+        _map_ids(inside=uid, outside_uid=0, outside_gid=0)
+    _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _apply_limits(config: dict[str, Any]) -> None:
+    import resource  # imported here: only the program's process needs it
+
+    limits = config["limits"]
+    caps = {
+        resource.RLIMIT_AS: limits["memory_mb"] * MIB,
+        resource.RLIMIT_FSIZE: limits["file_size_mb"] * MIB,
+        resource.RLIMIT_NOFILE: limits["open_files"],
+        resource.RLIMIT_CORE: 0,
+    }
+    if config["backend"] != "weak":  # RLIMIT_NPROC counts all processes of the uid: only the slot uid is ours
+        caps[resource.RLIMIT_NPROC] = limits["processes"]
+    for kind, cap in caps.items():
+        resource.setrlimit(kind, (cap, cap))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_time_s"], limits["cpu_time_s"] + 1))
+
+
+if __name__ == "__main__":
+    _warden_main(marshal.loads(bytes.fromhex(sys.argv[1])))
