@@ -16,13 +16,14 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from gopd_lightning.data import PromptDataModule
+from gopd_lightning.expo import expo_command
+from gopd_lightning.export import export_command
 from gopd_lightning.policy import PolicyModule
 
 
@@ -78,22 +79,28 @@ class GOPDCLI(LightningCLI):
 
 
 def _toy_command(argv: Sequence[str]) -> None:
-    from gopd_lightning.toy.world import ToyRecipe, prepare_toy_world, toy_home
+    from gopd_lightning.toy.world import DEFAULT_MODELS, TOY_MODELS, prepare_toy_world, toy_home
 
     parser = argparse.ArgumentParser(prog="gopd toy", description="The offline toy world.")
     commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="build the toy tokenizer, base and teacher models")
+    prepare = commands.add_parser("prepare", help="build toy models (and what they are trained from)")
+    prepare.add_argument("models", nargs="*", help=f"models to build (default: {' '.join(DEFAULT_MODELS)})")
+    prepare.add_argument("--all", action="store_true", help=f"build every toy model: {', '.join(TOY_MODELS)}")
     prepare.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        root = prepare_toy_world(ToyRecipe(), force=args.force)
-        print(f"toy world ready in {root} (cache root {toy_home()}; set GOPD_HOME to move it)")
-        for path in sorted(Path(root).iterdir()):
-            if path.is_dir():
-                print(f"  toy:{path.name}")
+        names = list(TOY_MODELS) if args.all else args.models or list(DEFAULT_MODELS)
+        paths = prepare_toy_world(names=names, force=args.force)
+        print(f"toy world ready (cache root {toy_home()}; set GOPD_HOME to move it)")
+        for name, path in paths.items():
+            print(f"  toy:{name}  {path}")
 
 
-TOOLS: dict[str, Callable[[Sequence[str]], None]] = {"toy": _toy_command}
+TOOLS: dict[str, Callable[[Sequence[str]], None]] = {
+    "toy": _toy_command,
+    "expo": expo_command,
+    "export": export_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,6 +38,7 @@ from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, 
 from gopd_lightning.objective import aggregate, token_advantages
 from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
 from gopd_lightning.rollout import Rollout, SamplingConfig
+from gopd_lightning.sharding import ShardingConfig, parallelize
 
 INITIAL = "initial"
 FROZEN_PREFIXES = ("teachers.", "reference.")
@@ -66,6 +67,7 @@ class GOPDModule(PolicyModule):
         lora: dict | None = None,
         chat_template_kwargs: dict | None = None,
         offload_frozen: bool = False,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         """
         Args:
@@ -88,6 +90,8 @@ class GOPDModule(PolicyModule):
             frozen_dtype: weights of the teachers and the reference.
             optimizer: builds the optimiser from the student's parameters.
             lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
+            sharding: activation checkpointing, and under FSDP2 the student's precision and how it
+                is gathered for rollouts (see ``gopd_lightning.sharding``).
         """
         super().__init__(
             student,
@@ -101,6 +105,7 @@ class GOPDModule(PolicyModule):
             student_dtype,
             optimizer,
             lr_scheduler,
+            sharding=sharding,
         )
         if not teachers:
             raise ValueError("teachers is empty: give at least one domain -> teacher model")
@@ -150,6 +155,11 @@ class GOPDModule(PolicyModule):
             self.reference = freeze(copy.deepcopy(self.student).to(getattr(torch, hp.frozen_dtype)))
         elif "reference" in models:
             self.reference = models["reference"]
+        # scale-out: activation checkpointing, and FSDP2 of every model under ModelParallelStrategy
+        if self.device_mesh is not None and hp.offload_frozen:
+            raise ValueError("offload_frozen does not combine with FSDP2, which shards the frozen models instead")
+        frozen_models = [*self.teachers.values(), *([] if self.reference is None else [self.reference])]
+        parallelize(self.student, frozen_models, self.device_mesh, self.sharding)
 
     def setup(self, stage: str) -> None:
         """Fail early when the data holds a domain that has no teacher."""
@@ -180,7 +190,7 @@ class GOPDModule(PolicyModule):
 
         loss, student_logp, entropy, advantages = self.optimise(rollout, advantage_fn)
         self.log_rollout("train", rollout, entropy, student_logp, teacher_logp, advantages)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
         return loss
 
     @torch.no_grad()

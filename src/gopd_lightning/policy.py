@@ -24,6 +24,7 @@ from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_to
 from gopd_lightning.objective import Aggregation, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
 from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs, with_prompts_of
+from gopd_lightning.sharding import ShardingConfig, unsharded_generation
 
 AdvantageFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -72,6 +73,7 @@ class PolicyModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lora: dict | None = None,
         chat_template_kwargs: dict | None = None,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         """
         Args:
@@ -91,8 +93,11 @@ class PolicyModule(LightningModule):
                 ``peft.LoraConfig`` (e.g. ``{r: 16, lora_alpha: 32, target_modules: all-linear}``).
             chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt
                 (e.g. ``{enable_thinking: false}`` for Qwen3's non-thinking template).
+            sharding: activation checkpointing, and under FSDP2 the student's precision and how it
+                is gathered for rollouts (see ``gopd_lightning.sharding``).
         """
         super().__init__()
+        self.sharding = sharding or ShardingConfig()
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.sampling = sampling or SamplingConfig()
         self.eval_sampling = eval_sampling or SamplingConfig()
@@ -125,10 +130,11 @@ class PolicyModule(LightningModule):
         return len(self.tokenizer)
 
     def rollout(self, rows: list[dict], sampling: SamplingConfig) -> Rollout:
-        """Sample responses to ``rows`` from the student."""
-        return generate_rollout(
-            self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
-        )
+        """Sample responses to ``rows`` from the student (gathered whole for the call under FSDP2)."""
+        with unsharded_generation(self.student, self.sharding):
+            return generate_rollout(
+                self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
+            )
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
         optimizer = self.optimizer_factory([p for p in self.student.parameters() if p.requires_grad])

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from gopd_lightning.logprobs import logprobs_from_hidden
 
@@ -164,14 +165,12 @@ def response_logprobs(
     only (fp32, never the whole [rows, time, vocab]). Temperature 1: the model's own distribution.
     ``vocab_size`` keeps the first logits only: embedding matrices padded beyond the tokenizer
     differ between models, the shared vocabulary does not.
+
+    The head runs in a forward hook of the decoder, inside the model's own forward call, so what
+    wraps that call (FSDP2 gathering the embeddings and the head) sees one ordinary forward; the
+    model's own logits are computed at one position only.
     """
     position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
-    hidden = model.get_decoder()(
-        input_ids=input_ids[:, :-1],
-        attention_mask=attention_mask[:, :-1],
-        position_ids=position_ids[:, :-1],
-        use_cache=False,
-    ).last_hidden_state
     start = input_ids.shape[1] - response_length - 1
     head = model.get_output_embeddings()
     if vocab_size is not None:
@@ -180,7 +179,24 @@ def response_logprobs(
         def head(h: Tensor) -> Tensor:
             return full_head(h)[..., :vocab_size]
 
-    return logprobs_from_hidden(hidden[:, start:], head, input_ids[:, start + 1 :], chunk_size)
+    scores = []
+
+    def score(decoder: nn.Module, inputs: tuple, output: BaseModelOutputWithPast) -> None:
+        hidden = output.last_hidden_state[:, start:]
+        scores.append(logprobs_from_hidden(hidden, head, input_ids[:, start + 1 :], chunk_size))
+
+    hook = model.get_decoder().register_forward_hook(score)
+    try:
+        model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids[:, :-1],
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    finally:
+        hook.remove()
+    return scores[0]
 
 
 def with_prompts_of(

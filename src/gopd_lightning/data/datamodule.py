@@ -3,16 +3,25 @@
 Batches are plain lists of rows: the LightningModule renders prompts with each model's own chat
 template, so the data stays independent of any tokenizer (the optional prompt-length filter only
 reads the student's tokenizer to drop prompts that would not fit).
+
+Resuming: the training order is a permutation fixed by (seed, epoch) and dealt round-robin to the
+ranks (:class:`ResumableSampler`), so it does not depend on the number of processes. The
+datamodule's part of a checkpoint holds the epoch, the prompts of it already trained on and each
+rank's random-number state (rollouts sample from it): ``--ckpt_path`` continues the same run.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterator
 from typing import Literal
 
 import datasets
+import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from gopd_lightning.data.benchmarks import load_benchmark
@@ -79,7 +88,7 @@ class PromptDataModule(LightningDataModule):
             mixing: when weighted training sources run out (``datasets.interleave_datasets`` stopping strategy):
                 "all_exhausted" oversamples until every source was seen whole, "first_exhausted" stops at the
                 first exhausted source.
-            seed: seed of the weighted mixing.
+            seed: seed of the weighted mixing and of the training order.
         """
         super().__init__()
         self.sources = {"train": train or [], "val": val or [], "test": test or []}
@@ -91,6 +100,8 @@ class PromptDataModule(LightningDataModule):
         self.mixing = mixing
         self.seed = seed
         self.datasets: dict[str, datasets.Dataset] = {}
+        self.train_sampler: ResumableSampler | None = None
+        self._resume: tuple[int, int] | None = None
 
     @property
     def domains(self) -> set[str]:
@@ -139,25 +150,108 @@ class PromptDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        """``batch_size`` prompts per rank and step, in the (seed, epoch) order; a resumed run goes on where it was."""
+        kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {"num_replicas": 1, "rank": 0}
+        dataset = self._split("train")
+        self.train_sampler = ResumableSampler(dataset, seed=self.seed, **kwargs)
+        if self._resume is not None:
+            self.train_sampler.resume(*self._resume)
+            self._resume = None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.train_sampler,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),  # its iterators leave the global RNG alone
+            collate_fn=list,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches; none (so ``fit`` skips validation) when no val source is set."""
         if not self.sources["val"]:
             return []
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._eval_loader("test")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self._split(split), batch_size=self.eval_batch_size, collate_fn=list, num_workers=self.num_workers
+        )
+
+    def _split(self, split: str) -> datasets.Dataset:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split} to at least one source")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            collate_fn=list,
-            num_workers=self.num_workers,
-        )
+        return self.datasets[split]
+
+    def state_dict(self) -> dict:
+        """Where training stands, for checkpoints: epoch, prompts of it trained on, every rank's RNG state."""
+        sampler = self.train_sampler
+        if sampler is None:  # not training
+            return {}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = sampler.epoch
+        if batches >= len(sampler) // self.batch_size:  # the epoch is over
+            epoch, batches = epoch + 1, 0
+        return {
+            "epoch": epoch,
+            "consumed": batches * self.batch_size * sampler.num_replicas,
+            "rng": _gather(_rng_state()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume the training order where the checkpoint left it, and this rank's RNG state."""
+        self._resume = (state["epoch"], state["consumed"])
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank])
+        else:
+            log.warning("a checkpoint of %d processes resumed on %d: fresh random states", len(state["rng"]), world)
+
+
+class ResumableSampler(DistributedSampler):
+    """The training order: a permutation fixed by (seed, epoch), dealt round-robin to the ranks.
+
+    The global order is the same for any number of ranks (2 ranks x 2 prompts per step see the
+    prompts of 1 rank x 4), and :meth:`resume` starts an epoch after its first prompts.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Start in ``epoch`` after the first ``consumed`` prompts of its order (all ranks together)."""
+        self.set_epoch(epoch)
+        self.skip = consumed // self.num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self.skip :]
+        self.skip = 0
+        return iter(indices)
+
+
+def _rng_state() -> dict:
+    """This process's random-number state (torch CPU and CUDA, python)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather(value: object) -> list:
+    """``value`` of every rank, in rank order (a list of one without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values

@@ -3,6 +3,11 @@
 Each family belongs to a domain (the domain names the teacher that scores it) and yields rows in
 the project's schema: ``id``, ``domain``, ``prompt`` (chat messages), ``ground_truth``. The split
 is a property of the problem itself, so train and validation problems never overlap.
+
+- ``math``: two-digit addition, "What is 23+45?" -> ``23+45=68. \\boxed{68}``.
+- ``code``: a linear function from two of its values, "Write Python f(x) with f(0)=47, f(1)=50."
+  -> a fenced ``def f(x): return 3*x+47``; the ground truth is a functional test spec on more
+  inputs than the prompt shows, run by the real sandboxed code scorer.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+from gopd_lightning.data.schema import functional_spec
 
 Split = Literal["train", "val"]
 Row = dict[str, object]
@@ -31,6 +38,18 @@ def _addition(rng: random.Random) -> Problem:
     return Problem(f"What is {a}+{b}?", total, f"{a}+{b}={total}. \\boxed{{{total}}}")
 
 
+CODE_TEST_INPUTS = (0, 1, 2, 5, -3)
+"""Arguments the code answers are tested on: more than the two values the prompt gives."""
+
+
+def _linear_function(rng: random.Random) -> Problem:
+    slope, intercept = rng.randrange(1, 10), rng.randrange(200)
+    outputs = [slope * x + intercept for x in CODE_TEST_INPUTS]
+    question = f"Write Python f(x) with f(0)={intercept}, f(1)={slope + intercept}."
+    solution = f"```python\ndef f(x): return {slope}*x+{intercept}\n```"
+    return Problem(question, functional_spec([[x] for x in CODE_TEST_INPUTS], outputs, "f"), solution)
+
+
 @dataclass(frozen=True)
 class TaskFamily:
     """A generator of problems for one domain."""
@@ -39,7 +58,10 @@ class TaskFamily:
     sample: Callable[[random.Random], Problem]
 
 
-TASK_FAMILIES: dict[str, TaskFamily] = {"math": TaskFamily("math", _addition)}
+TASK_FAMILIES: dict[str, TaskFamily] = {
+    "math": TaskFamily("math", _addition),
+    "code": TaskFamily("code", _linear_function),
+}
 
 
 def in_split(problem: Problem, split: Split) -> bool:

@@ -1,13 +1,21 @@
-"""The offline toy world: a tokenizer, a weak base model and a stronger teacher, made locally.
+"""The offline toy world: one tokenizer and a family of tiny Qwen3 models, made locally and lazily.
 
-``toy_model_path("base")`` returns a directory that ``from_pretrained`` loads, preparing the world
-on first use. Preparation is deterministic by seed and takes about a minute on two CPU cores:
-a tiny Qwen3 model is trained with supervised fine-tuning on the toy tasks for a few hundred steps
-(the base: weak but not hopeless), then further until it is good (the teacher, like an RL-trained
-expert made from the same base). The result is cached under ``$GOPD_HOME`` (default
-``~/.cache/gopd-lightning``) in a folder named by a hash of the recipe, so a changed recipe
-rebuilds; ``gopd toy prepare --force`` rebuilds on demand. A file lock lets one process build
-while other ranks wait.
+``toy_model_path("base")`` returns a directory that ``from_pretrained`` loads, building the model
+(and whatever it continues from) on first use. Every model is supervised fine-tuning on gold
+responses of the toy tasks, deterministic by seed:
+
+- ``base``: a small model trained briefly on math and code (weak on both, not hopeless);
+- ``teacher-math`` / ``teacher-code``: the base trained further on one domain: two experts made
+  from one base, like the paper's RL teachers;
+- ``big-base``: a larger model trained as briefly on both domains (better than ``base``);
+- ``big-teacher-math``: ``big-base`` trained further on math (strong-to-weak distillation, with
+  ``big-base`` as the corrected reference).
+
+Each model is cached on its own under ``$GOPD_HOME/toy`` (default ``~/.cache/gopd-lightning``)
+in a folder named by a hash of its recipe and its parent's, so a changed recipe rebuilds it and
+everything built from it, and a run only pays for the models it names (the default toy config:
+base and teacher-math, about a minute on two CPU cores). A file lock per model lets one process
+build while other ranks wait; ``gopd toy prepare [--force] [--all]`` builds ahead of time.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +36,12 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
-from gopd_lightning.toy.tasks import TASK_FAMILIES, problems
+from gopd_lightning.toy.tasks import Problem, problems
 from gopd_lightning.toy.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+READY = "READY"
 
 
 @dataclass(frozen=True)
@@ -45,76 +55,145 @@ class ToyModelShape:
 
 
 @dataclass(frozen=True)
+class ToyModelRecipe:
+    """How one toy model is made: supervised fine-tuning on gold responses of toy task families."""
+
+    families: tuple[str, ...]
+    """Task families it is trained on: each step's batch is of one family, taking turns in this order
+    (a family listed twice gets twice the steps)."""
+    steps: int
+    """Optimiser steps."""
+    parent: str | None = None
+    """Toy model whose weights it continues from; None starts from random weights of ``shape``."""
+    shape: ToyModelShape | None = None
+    """Size of a model trained from scratch (a continued model keeps its parent's)."""
+    lr: float = 1.5e-3
+    """Peak learning rate of AdamW."""
+    anneal: bool = False
+    """Cosine-anneal the learning rate to 5% of its peak, so an expert ends sharp and stable."""
+    batch_size: int = 32
+    """Gold responses per step."""
+
+    def __post_init__(self) -> None:
+        if (self.parent is None) == (self.shape is None):
+            raise ValueError("a toy model recipe needs exactly one of 'parent' (continue) and 'shape' (from scratch)")
+
+
+SMALL, BIG = ToyModelShape(), ToyModelShape(hidden_size=128)
+BOTH = ("math", "code")
+TOY_MODELS: dict[str, ToyModelRecipe] = {
+    "base": ToyModelRecipe(BOTH, steps=1000, shape=SMALL),
+    "teacher-math": ToyModelRecipe(("math",), steps=400, parent="base", anneal=True),
+    "teacher-code": ToyModelRecipe(("code",), steps=400, parent="base", anneal=True),
+    "big-base": ToyModelRecipe(BOTH, steps=1400, shape=BIG),
+    "big-teacher-math": ToyModelRecipe(("math",), steps=400, parent="big-base", anneal=True),
+}
+"""Every toy model by name (``toy:<name>`` in configs)."""
+DEFAULT_MODELS = ("base", "teacher-math")
+"""What ``gopd toy prepare`` builds without ``--all``: the models of the default toy configs."""
+
+
+@dataclass(frozen=True)
 class ToyRecipe:
-    """How the toy base and teacher are made."""
+    """The toy world: a seed and the recipe of every model."""
 
     seed: int = 0
-    shape: ToyModelShape = field(default_factory=ToyModelShape)
-    families: tuple[str, ...] = ("math",)
-    base_steps: int = 300
-    teacher_steps: int = 900
-    batch_size: int = 64
-    lr: float = 3e-3
+    """Seed of weights, data and order; the same seed gives the same models."""
+    models: Mapping[str, ToyModelRecipe] = field(default_factory=lambda: dict(TOY_MODELS))
+    """Recipes by model name."""
 
-    def digest(self) -> str:
-        blob = json.dumps({"version": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+    def recipe(self, name: str) -> ToyModelRecipe:
+        """The recipe of model ``name``; a ValueError lists the known ones."""
+        if name not in self.models:
+            raise ValueError(f"unknown toy model {name!r}; the toy world has {sorted(self.models)}")
+        return self.models[name]
+
+    def lineage(self, name: str) -> list[str]:
+        """``name`` and the models it continues from, the first-built (a from-scratch model) first."""
+        chain = [name]
+        while (parent := self.recipe(chain[-1]).parent) is not None:
+            if parent in chain:
+                raise ValueError(f"toy model {name!r} continues from itself through {chain}")
+            chain.append(parent)
+        return chain[::-1]
+
+    def digest(self, name: str) -> str:
+        """Hash of what makes model ``name``: its recipe, the seed and its parent's digest."""
+        recipe = self.recipe(name)
+        parent = None if recipe.parent is None else self.digest(recipe.parent)
+        blob = json.dumps(
+            {"version": RECIPE_VERSION, "seed": self.seed, "parent": parent, **dataclasses.asdict(recipe)},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def toy_home() -> Path:
-    """Where prepared toy worlds are cached: ``$GOPD_HOME/toy`` or ``~/.cache/gopd-lightning/toy``."""
+    """Where prepared toy models are cached: ``$GOPD_HOME/toy`` or ``~/.cache/gopd-lightning/toy``."""
     return Path(os.environ.get("GOPD_HOME", Path.home() / ".cache" / "gopd-lightning")) / "toy"
 
 
 def toy_model_path(name: str, recipe: ToyRecipe | None = None) -> Path:
-    """Directory of toy model ``name`` ("base" or "teacher-math"), preparing the world if needed."""
-    root = prepare_toy_world(recipe or ToyRecipe())
-    path = root / name
-    if not path.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise ValueError(f"unknown toy model {name!r}; the toy world has {known}")
-    return path
+    """Directory of toy model ``name`` (see ``TOY_MODELS``), building it and its parents if needed."""
+    return prepare_toy_model(name, recipe or ToyRecipe())
 
 
-def prepare_toy_world(recipe: ToyRecipe, force: bool = False) -> Path:
-    """Build (or re-use) the toy world for ``recipe`` and return its folder."""
-    root = toy_home() / recipe.digest()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if (root / "READY").exists() and not force:
-            return root
-        shutil.rmtree(root, ignore_errors=True)
-        log.info("Preparing the toy world in %s", root)
-        _build(recipe, root)
-        (root / "READY").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
-    return root
+def prepare_toy_world(
+    recipe: ToyRecipe | None = None, names: Iterable[str] = DEFAULT_MODELS, force: bool = False
+) -> dict[str, Path]:
+    """Build (or re-use) the toy models ``names``; ``force`` rebuilds them and their parents."""
+    recipe = recipe or ToyRecipe()
+    names = list(names)
+    lineages = dict.fromkeys(model for name in names for model in recipe.lineage(name))  # parents first
+    paths = {model: prepare_toy_model(model, recipe, force=force) for model in lineages}
+    return {name: paths[name] for name in names}
 
 
-def _build(recipe: ToyRecipe, root: Path) -> None:
+def prepare_toy_model(name: str, recipe: ToyRecipe, force: bool = False) -> Path:
+    """Build (or re-use) toy model ``name`` and return its folder; missing parents are built first."""
+    model_recipe = recipe.recipe(name)
+    parent = None if model_recipe.parent is None else prepare_toy_model(model_recipe.parent, recipe)
+    folder = toy_home() / f"{name}-{recipe.digest(name)}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / READY).exists() and not force:
+            return folder / name
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("Preparing toy model %r in %s", name, folder)
+        _train(name, model_recipe, recipe.seed, parent, folder / name)
+        (folder / READY).write_text(json.dumps(dataclasses.asdict(model_recipe), indent=2))
+    return folder / name
+
+
+def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
+    """Supervised fine-tuning of ``name`` on gold responses, saved with the tokenizer at ``path``."""
     tokenizer = build_tokenizer()
-    torch.manual_seed(recipe.seed)
-    model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
+    model_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
+    torch.manual_seed(model_seed)
+    if parent is None:
+        model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
+    else:
+        model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    total = recipe.base_steps + recipe.teacher_steps
-    batches = _sft_batches(tokenizer, recipe, total)
-    with tqdm(total=total, desc="toy world: base", unit="step", mininterval=1.0) as bar:
-        for step in range(total):
-            if step == recipe.base_steps:
-                _save(model, tokenizer, root / "base")
-                bar.set_description("toy world: teacher")
-            # the teacher phase anneals the learning rate so the expert ends sharp and stable
-            progress = max(0, step - recipe.base_steps) / max(1, recipe.teacher_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-            loss = model(**batches[step]).loss
+    batches = _sft_batches(tokenizer, recipe, model_seed)
+    with tqdm(total=recipe.steps, desc=f"toy world: {name}", unit="step", mininterval=1.0) as bar:
+        for step, batch in enumerate(batches):
+            if recipe.anneal:
+                cosine = 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * (0.05 + 0.95 * cosine)
+            loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
-    for family in recipe.families:
-        _save(model, tokenizer, root / f"teacher-{TASK_FAMILIES[family].domain}")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 def _config(shape: ToyModelShape, tokenizer: PreTrainedTokenizerBase) -> Qwen3Config:
@@ -134,23 +213,15 @@ def _config(shape: ToyModelShape, tokenizer: PreTrainedTokenizerBase) -> Qwen3Co
     )
 
 
-def _sft_batches(tokenizer: PreTrainedTokenizerBase, recipe: ToyRecipe, steps: int) -> list[dict[str, torch.Tensor]]:
-    """Supervised batches of gold responses; the loss covers the response tokens only."""
-    per_family = -(-steps * recipe.batch_size // len(recipe.families))
-    pool = [
-        (TASK_FAMILIES[family].domain, p)
-        for family in recipe.families
-        for p in problems(family, per_family, recipe.seed, "train")
-    ]
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(recipe.seed)).tolist()
-    batches = []
-    for step in range(steps):
-        chosen = [pool[i][1] for i in order[step * recipe.batch_size : (step + 1) * recipe.batch_size]]
-        batches.append(_encode_sft(tokenizer, chosen))
-    return batches
+def _sft_batches(tokenizer: PreTrainedTokenizerBase, recipe: ToyModelRecipe, seed: int) -> list[dict]:
+    """One batch of gold training problems per step, of one family: short problems stay in short batches."""
+    turns = [recipe.families[step % len(recipe.families)] for step in range(recipe.steps)]
+    pools = {family: iter(problems(family, turns.count(family) * recipe.batch_size, seed, "train")) for family in turns}
+    return [_encode_sft(tokenizer, [next(pools[family]) for _ in range(recipe.batch_size)]) for family in turns]
 
 
-def _encode_sft(tokenizer: PreTrainedTokenizerBase, chosen: list) -> dict[str, torch.Tensor]:
+def _encode_sft(tokenizer: PreTrainedTokenizerBase, chosen: list[Problem]) -> dict[str, torch.Tensor]:
+    """Prompt + gold response + EOS, right-padded; the loss covers the response tokens only."""
     prompts = [[{"role": "user", "content": p.question}] for p in chosen]
     prompt_texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
     full_texts = [text + p.solution + tokenizer.eos_token for text, p in zip(prompt_texts, chosen, strict=True)]
@@ -161,10 +232,3 @@ def _encode_sft(tokenizer: PreTrainedTokenizerBase, chosen: list) -> dict[str, t
     for row, length in enumerate(prompt_lengths):
         labels[row, :length] = -100
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
-
-
-def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)

@@ -1,0 +1,239 @@
+"""``SFTModule``: the paper's SFT baseline, off-policy distillation by cross-entropy on teacher responses.
+
+Where G-OPD trains the student on its own samples scored by the teacher, SFT trains it to imitate
+responses the teacher wrote. One training step:
+
+    rows (prompt, domain, ground_truth)
+      -> each row's domain teacher samples a response (frozen, no_grad, its own chat template),
+         or the row's stored response is used
+      -> student chat prompt + response ids + EOS                 (responses_rollout)
+      -> token-mean cross-entropy of the student on the response tokens, EOS included
+      -> optimiser step
+
+Stored responses: a row that carries a ``response`` (text, without EOS) is not sent to a teacher.
+The DataModule keeps only the schema fields, so stored responses come from ``responses``: a
+.jsonl file of ``{"id", "response"}`` objects matched to the rows by ``id``. A data file in the
+schema with an extra ``response`` field serves as both: ``data.train: [{path: rows.jsonl}]`` and
+``model.responses: rows.jsonl``. With responses for every row no teacher is needed.
+
+Teachers are built in ``configure_model``, frozen, and kept out of the optimiser and of
+checkpoints (the config rebuilds them), exactly as in :class:`~gopd_lightning.module.GOPDModule`.
+Evaluation is :class:`~gopd_lightning.policy.PolicyModule`'s: the student samples, answers are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
+from gopd_lightning.module import _drop_frozen_keys, _ignore_missing_frozen_keys
+from gopd_lightning.objective import aggregate
+from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
+from gopd_lightning.rollout import Rollout, SamplingConfig, encode_prompts, generate_rollout
+from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
+
+
+class SFTModule(PolicyModule):
+    """Cross-entropy of the student on teacher-written responses (see the module docstring)."""
+
+    def __init__(
+        self,
+        student: str,
+        teachers: dict[str, str] | None = None,
+        responses: str | None = None,
+        sampling: SamplingConfig | None = None,
+        eval_sampling: SamplingConfig | None = None,
+        eval_samples: dict[str, int] | None = None,
+        eval_pass_k: list[int] | None = None,
+        update: UpdateConfig | None = None,
+        max_prompt_length: int = 2048,
+        logprob_chunk_size: int = 1024,
+        student_dtype: str = "float32",
+        frozen_dtype: str = "float32",
+        optimizer: OptimizerCallable = paper_adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lora: dict | None = None,
+        chat_template_kwargs: dict | None = None,
+        sharding: ShardingConfig | None = None,
+    ) -> None:
+        """
+        Args:
+            student: path, hub id or ``toy:<name>`` of the model to train.
+            teachers: domain -> teacher model that writes the responses of that domain's rows.
+            responses: a .jsonl file of ``{"id", "response"}``: stored responses of rows by id.
+            sampling: how the teachers sample responses (temperature 1 in the paper).
+            eval_sampling: how validation and test responses are sampled from the student.
+            eval_samples: domain -> samples per problem in evaluation.
+            eval_pass_k: k values of the unbiased pass@k to report (k <= samples per problem).
+            update: how a batch becomes optimiser updates; the default averages over all response
+                tokens of the batch ("token-mean"). Several updates per batch keep PPO's clip on
+                the probability ratio (a trust region) unless ``clip_eps`` is None.
+            max_prompt_length: longest prompt in tokens; a longer one is an error.
+            logprob_chunk_size: response positions per chunk of fp32 logits.
+            student_dtype: weights of the student.
+            frozen_dtype: weights of the teachers.
+            optimizer: builds the optimiser from the student's parameters.
+            lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
+            lora: train a LoRA adapter instead of every weight (keyword arguments of ``peft.LoraConfig``).
+            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt.
+            sharding: activation checkpointing and FSDP2 settings (see ``gopd_lightning.sharding``).
+        """
+        super().__init__(
+            student,
+            sampling,
+            eval_sampling,
+            eval_samples,
+            eval_pass_k,
+            update or UpdateConfig(aggregation="token-mean"),
+            max_prompt_length,
+            logprob_chunk_size,
+            student_dtype,
+            optimizer,
+            lr_scheduler,
+            lora,
+            chat_template_kwargs,
+            sharding=sharding,
+        )
+        if not teachers and not responses:
+            raise ValueError(
+                "SFT needs responses to imitate: give teachers (domain -> model), a responses file, or both"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.stored_responses = read_responses(responses) if responses else {}
+        self.teachers: nn.ModuleDict | None = None
+        self.teacher_tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        # teachers never enter checkpoints; the config rebuilds them
+        self.register_state_dict_post_hook(_drop_frozen_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
+
+    def configure_model(self) -> None:
+        """Load the student and the frozen teachers, once; every teacher must share the student's vocabulary."""
+        if self.student is not None:
+            return
+        hp = self.hparams
+        teachers = dict(hp.teachers or {})
+        student_tokenizer = load_tokenizer(hp.student)
+        for domain, path in teachers.items():  # tokenizers first: fail before loading any weights
+            self.teacher_tokenizers[domain] = load_tokenizer(path)
+            check_same_vocabulary(student_tokenizer, self.teacher_tokenizers[domain], f"teacher {domain!r} ({path})")
+        super().configure_model()
+        self.teachers = nn.ModuleDict(
+            {domain: freeze(load_causal_lm(path, hp.frozen_dtype)) for domain, path in teachers.items()}
+        )
+        for domain, teacher in self.teachers.items():
+            check_vocabulary_fits(teacher, self.tokenizer, f"teacher {domain!r} ({teachers[domain]})")
+        parallelize(self.student, self.teachers.values(), self.device_mesh, self.sharding)
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
+        rollout = self.imitation_rollout(batch)
+
+        def advantage_fn(student_logp: Tensor, rows: Tensor) -> Tensor:
+            # the policy gradient with advantage 1 on the teacher's tokens: -agg(exp(logp - sg(logp)))
+            # has exactly the gradient of the cross-entropy -agg(logp)
+            return torch.ones_like(student_logp)
+
+        _, student_logp, entropy, _ = self.optimise(rollout, advantage_fn)
+        mask = rollout.response_mask
+        stats = {
+            "loss": -aggregate(student_logp, mask, self.update.aggregation),
+            "entropy": aggregate(entropy, mask, "token-mean"),
+            "response_length": rollout.response_lengths.float().mean(),
+        }
+        accuracy = self.accuracy(rollout)
+        if accuracy is not None:
+            stats["accuracy"] = accuracy.mean()  # of the imitated responses
+        for key, value in stats.items():
+            self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=len(batch), sync_dist=True)
+        return stats["loss"]
+
+    def imitation_rollout(self, rows: Sequence[Mapping]) -> Rollout:
+        """The student's prompts followed by the responses to imitate: stored ones, else the teacher's samples.
+
+        A stored response is used once; a teacher writes ``sampling.samples_per_prompt`` responses per row.
+        """
+        stored = [(row, self.stored_response(row)) for row in rows]
+        eos = [self.tokenizer.eos_token_id]
+        imitated = [
+            (row, self.tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+            for row, text in stored
+            if text is not None
+        ]
+        unanswered = [row for row, text in stored if text is None]
+        for domain in sorted({row["domain"] for row in unanswered}):
+            if domain not in self.teachers:
+                raise ValueError(
+                    f"rows of domain {domain!r} have no stored response and no teacher; teachers are given for "
+                    f"{sorted(self.teachers)} (add one under model.teachers, or store responses)"
+                )
+            imitated += self.teacher_responses(domain, [row for row in unanswered if row["domain"] == domain])
+        return responses_rollout(
+            self.tokenizer,
+            [row for row, _ in imitated],
+            [ids for _, ids in imitated],
+            self.hparams.max_prompt_length,
+            self.chat_template_kwargs,
+        )
+
+    def stored_response(self, row: Mapping) -> str | None:
+        """The row's own ``response``, else the one stored for its id in ``responses``, else None."""
+        return row.get("response", self.stored_responses.get(str(row["id"])))
+
+    @torch.no_grad()
+    def teacher_responses(self, domain: str, rows: Sequence[Mapping]) -> list[tuple[Mapping, list[int]]]:
+        """(row, response ids) sampled from ``domain``'s teacher; EOS is included when the response ended."""
+        teacher, tokenizer = self.teachers[domain], self.teacher_tokenizers[domain]
+        with unsharded_generation(teacher, self.sharding):
+            rollout = generate_rollout(
+                teacher, tokenizer, rows, self.sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
+            )
+        return [
+            (row, ids[mask].tolist())
+            for row, ids, mask in zip(rollout.rows, rollout.response_ids, rollout.response_mask, strict=True)
+        ]
+
+
+def responses_rollout(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping],
+    responses: Sequence[Sequence[int]],
+    max_prompt_length: int | None = None,
+    template_kwargs: dict | None = None,
+) -> Rollout:
+    """A rollout of given response ids: left-padded chat prompts, right-padded responses (all kept)."""
+    prompts = encode_prompts(tokenizer, rows, max_prompt_length, template_kwargs)
+    width = max(1, max(map(len, responses)))
+    response_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=prompts["input_ids"].dtype)
+    response_mask = torch.zeros_like(response_ids, dtype=prompts["attention_mask"].dtype)
+    for row, ids in enumerate(responses):
+        response_ids[row, : len(ids)] = torch.tensor(ids, dtype=response_ids.dtype)
+        response_mask[row, : len(ids)] = 1
+    return Rollout(
+        torch.cat([prompts["input_ids"], response_ids], dim=1),
+        torch.cat([prompts["attention_mask"], response_mask], dim=1),
+        prompts["input_ids"].shape[1],
+        list(rows),
+    )
+
+
+def read_responses(path: str | Path) -> dict[str, str]:
+    """Stored responses by row id from a .jsonl file of objects with ``id`` and ``response``."""
+    stored = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("response"), str) or "id" not in record:
+                raise ValueError(f"{path}:{number}: a stored response needs an 'id' and a string 'response'")
+            stored[str(record["id"])] = record["response"]
+    return stored
