@@ -40,10 +40,11 @@ class ResultsTable(pl.Callback):
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         results = getattr(pl_module, "eval_results", {}).get(stage)
+        log_dir = trainer.log_dir  # a broadcast: every rank must ask, or they fall out of step
         if not results or not trainer.is_global_zero or trainer.sanity_checking:
             return
         table = results_by_group(results, stage)
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder = Path(log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         payload = {"stage": stage, "global_step": trainer.global_step, "results": table}
         (folder / f"results-{stage}.json").write_text(json.dumps(payload, indent=2) + "\n")

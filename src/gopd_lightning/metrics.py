@@ -60,7 +60,7 @@ class BenchmarkScores(Metric):
         self.length_sum.append(lengths.sum(dim=1).double().to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.samples:
+        if len(self.samples) == 0:  # a list before a cross-rank sync, one tensor after it
             return {}
         benchmark, domain = dim_zero_cat(self.benchmark), dim_zero_cat(self.domain)
         samples, correct, length_sum = (dim_zero_cat(s) for s in (self.samples, self.correct, self.length_sum))
