@@ -77,6 +77,7 @@ def worker(rank: int, args: argparse.Namespace, port: int) -> None:
             f"(expected: whole {args.layers + 1}, layerwise {1 + args.layers * args.new_tokens})"
         )
         print("\n".join(lines), flush=True)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

@@ -74,10 +74,6 @@ def test_mismatched_models_are_refused(tiny_models: dict[str, str], tmp_path: Pa
         expo(padded, tiny_models["student"], 0.5, tmp_path / "b")
     with pytest.raises(ValueError, match="different architectures"):
         extrapolate_weights({"a": torch.zeros(1)}, {"b": torch.zeros(1)}, 0.5)
-    not_a_student = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {}}, not_a_student)
-    with pytest.raises(ValueError, match="no 'student' hyperparameter"):
-        load_model(str(not_a_student))
 
 
 def test_gopd_expo_command(tiny_models: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,8 @@ import torch
 
 from conftest import save_tiny_model
 from gopd_lightning import GOPDModule, SamplingConfig
+from gopd_lightning.data import DataSource, PromptDataModule
+from gopd_lightning.data.datamodule import prompt_lengths
 from gopd_lightning.models import load_causal_lm, load_tokenizer
 from gopd_lightning.objective import token_advantages
 from gopd_lightning.rollout import encode_prompts, generate_rollout, response_logprobs
@@ -137,3 +139,31 @@ def test_offloaded_teachers_give_the_same_scores(tiny_models: dict[str, str]) ->
     for a, b in zip(plain.score_frozen(rollout), offloaded.score_frozen(rollout), strict=True):
         assert torch.equal(a, b)
     assert next(offloaded.teachers["math"].parameters()).device.type == "cpu"
+
+
+def test_chat_template_kwargs_reach_every_rendered_prompt(tmp_path: Path) -> None:
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template += "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+    student = save_tiny_model(tmp_path / "thinking", seed=0, tokenizer=tokenizer)
+    off = {"enable_thinking": False}
+    module = built({"student": student, "teacher": student}, lam=1.0, chat_template_kwargs=off)
+    rows = toy_rows("math", 20)
+    rollout = module.rollout(rows[:2], module.sampling)
+    prompt = module.tokenizer.decode(rollout.input_ids[0, : rollout.prompt_length])
+    assert prompt.endswith("<think></think>")
+
+    # the DataModule's length filter renders prompts the same way
+    plain = prompt_lengths(tokenizer, rows)
+    assert prompt_lengths(tokenizer, rows, off) == [n + len("<think></think>") for n in plain]
+    limit = min(plain) + len("<think></think>")  # every plain prompt fits; with the kwargs, the shortest only
+    kept = {}
+    for name, kwargs in (("plain", None), ("off", off)):
+        data = PromptDataModule(
+            train=[DataSource("toy:math", limit=20)],
+            tokenizer=student,
+            max_prompt_length=limit,
+            chat_template_kwargs=kwargs,
+        )
+        data.setup("fit")
+        kept[name] = len(data.datasets["train"])
+    assert kept == {"plain": 20, "off": plain.count(min(plain))} and kept["off"] < 20

@@ -1,19 +1,33 @@
-"""The offline toy world: tokenizer, tasks, and the prepared base and teacher models."""
+"""The offline toy world: tokenizer, tasks, and the prepared models (lazy, cached by recipe, weak vs strong)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from gopd_lightning.cli import main
 from gopd_lightning.models import load_causal_lm, load_tokenizer
-from gopd_lightning.rewards import score
+from gopd_lightning.rewards import score, score_batch
 from gopd_lightning.rollout import SamplingConfig, generate_rollout
-from gopd_lightning.toy.tasks import problems, toy_rows
+from gopd_lightning.toy.tasks import TASK_FAMILIES, problems, toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
-from gopd_lightning.toy.world import ToyRecipe, prepare_toy_world
+from gopd_lightning.toy.world import (
+    DEFAULT_MODELS,
+    TOY_MODELS,
+    ToyModelRecipe,
+    ToyModelShape,
+    ToyRecipe,
+    prepare_toy_world,
+    toy_model_path,
+)
+
+MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS = 64, 40  # what the toy configs allow
+QUESTION = re.compile(r"Write Python f\(x\) with f\(0\)=(\d+), f\(1\)=(\d+)\.")
 
 
 def test_tokenizer_round_trips_through_save_and_chat_template(tmp_path: Path) -> None:
@@ -29,43 +43,157 @@ def test_tokenizer_round_trips_through_save_and_chat_template(tmp_path: Path) ->
     assert loaded.convert_ids_to_tokens(ids).count("\\boxed") == 1
 
 
-def test_tasks_are_deterministic_and_splits_disjoint() -> None:
-    assert toy_rows("math", 50, seed=3) == toy_rows("math", 50, seed=3)
-    assert toy_rows("math", 50, seed=3) != toy_rows("math", 50, seed=4)
-    train = {p.question for p in problems("math", 3000, 0, "train")}
-    val = {p.question for p in problems("math", 500, 0, "val")}
-    assert not train & val
-    for p in problems("math", 20, 0, "train"):
-        a, b = p.question.removeprefix("What is ").removesuffix("?").split("+")
-        assert p.answer == str(int(a) + int(b)) and score("math", p.solution, p.answer) == 1.0
+@pytest.mark.parametrize("family", sorted(TASK_FAMILIES))
+def test_tasks_are_deterministic_splits_disjoint_and_short(family: str) -> None:
+    assert toy_rows(family, 50, seed=3) == toy_rows(family, 50, seed=3)
+    assert toy_rows(family, 50, seed=3) != toy_rows(family, 50, seed=4)
+    assert {row["domain"] for row in toy_rows(family, 5)} == {family}
+    train = {p.question for p in problems(family, 3000, 0, "train")}
+    val = {p.question for p in problems(family, 500, 0, "val")}
+    assert not train & val and len(val) > 100
+    tokenizer = build_tokenizer()
+    for p in problems(family, 500, 0, "train"):
+        messages = [{"role": "user", "content": p.question}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        assert len(prompt["input_ids"] if isinstance(prompt, dict) else prompt) <= MAX_PROMPT_TOKENS, p.question
+        assert len(tokenizer(p.solution + tokenizer.eos_token)["input_ids"]) <= MAX_RESPONSE_TOKENS, p.solution
     with pytest.raises(KeyError, match="unknown toy task family"):
         toy_rows("chess", 1)
 
 
+def test_math_answers_are_sums() -> None:
+    for p in problems("math", 20, 0, "train"):
+        a, b = p.question.removeprefix("What is ").removesuffix("?").split("+")
+        assert p.answer == str(int(a) + int(b)) and score("math", p.solution, p.answer) == 1.0
+
+
+def test_code_answers_are_checked_by_the_sandboxed_scorer() -> None:
+    chosen = problems("code", 8, 0, "val")
+    responses, truths = [], []
+    for p in chosen:
+        at_0, at_1 = map(int, QUESTION.fullmatch(p.question).groups())
+        slope = at_1 - at_0
+        assert p.solution == f"```python\ndef f(x): return {slope}*x+{at_0}\n```"
+        right = f"```python\ndef f(x):\n    return {at_0} + {slope} * x\n```"
+        wrong_slope = p.solution.replace(f"{slope}*x", f"{slope + 1}*x")
+        only_shown = f"```python\ndef f(x): return [{at_0}, {at_1}][x]\n```"  # right on f(0) and f(1) only
+        responses += [p.solution, right, wrong_slope, only_shown, f"f(x) = {slope}x + {at_0}"]
+        truths += [p.answer] * 5
+    assert score_batch(["code"] * len(responses), responses, truths) == [1.0, 1.0, 0.0, 0.0, 0.0] * len(chosen)
+
+
+# ---------------------------------------------------------------- building: lazy, cached, deterministic
+TINY = ToyModelShape(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1)
+
+
+def tiny_world(seed: int = 0, root_steps: int = 2) -> ToyRecipe:
+    return ToyRecipe(
+        seed=seed,
+        models={
+            "root": ToyModelRecipe(("math",), steps=root_steps, shape=TINY, batch_size=4),
+            "child": ToyModelRecipe(("code",), steps=2, parent="root", batch_size=4),
+            "other": ToyModelRecipe(("math", "code"), steps=2, shape=TINY, batch_size=4),
+        },
+    )
+
+
+def built(home: Path) -> list[str]:
+    return sorted(path.name.rsplit("-", 1)[0] for path in (home / "toy").iterdir() if path.is_dir())
+
+
+def test_models_are_built_lazily_with_their_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOPD_HOME", str(tmp_path / "a"))
+    recipe = tiny_world()
+    child = toy_model_path("child", recipe)
+    assert built(tmp_path / "a") == ["child", "root"]  # not "other"
+    assert child.name == "child" and load_tokenizer(str(child)).get_vocab() == build_tokenizer().get_vocab()
+    stamp = (child / "model.safetensors").stat().st_mtime_ns
+    assert toy_model_path("child", recipe) == child and (child / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # a changed recipe changes the folder of the model and of every model built from it
+    longer = tiny_world(root_steps=3)
+    assert longer.digest("root") != recipe.digest("root") and longer.digest("child") != recipe.digest("child")
+    assert longer.digest("other") == recipe.digest("other")
+
+    # force rebuilds what is asked and its parents, into the same folders
+    root = toy_model_path("root", recipe)
+    root_stamp = (root / "model.safetensors").stat().st_mtime_ns
+    assert prepare_toy_world(recipe, ["child"], force=True) == {"child": child}
+    assert (child / "model.safetensors").stat().st_mtime_ns != stamp
+    assert (root / "model.safetensors").stat().st_mtime_ns != root_stamp
+
+    # the same seed gives the same weights in another cache; another seed does not
+    monkeypatch.setenv("GOPD_HOME", str(tmp_path / "b"))
+    weights = load_file(child / "model.safetensors")
+    again = load_file(toy_model_path("child", recipe) / "model.safetensors")
+    assert all(torch.equal(weights[key], again[key]) for key in weights)
+    reseeded = load_file(toy_model_path("child", tiny_world(seed=1)) / "model.safetensors")
+    assert not torch.equal(weights["model.embed_tokens.weight"], reseeded["model.embed_tokens.weight"])
+
+
+def test_bad_recipes_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown toy model 'nope'"):
+        tiny_world().lineage("nope")
+    with pytest.raises(ValueError, match="exactly one of 'parent'"):
+        ToyModelRecipe(("math",), steps=1)
+    loop = ToyRecipe(
+        models={"a": ToyModelRecipe(("math",), 1, parent="b"), "b": ToyModelRecipe(("math",), 1, parent="a")}
+    )
+    with pytest.raises(ValueError, match="continues from itself"):
+        loop.lineage("a")
+
+
+# ---------------------------------------------------------------- the real toy world: weak bases, strong experts
 @pytest.fixture(scope="module")
-def toy_world(toy_home: Path) -> Path:
-    return prepare_toy_world(ToyRecipe())
+def toy_models(toy_home: Path) -> dict[str, Path]:
+    return prepare_toy_world(names=TOY_MODELS)
 
 
-def accuracy(path: Path, rows: list[dict]) -> float:
-    tokenizer, model = load_tokenizer(str(path)), load_causal_lm(str(path))
-    torch.manual_seed(0)
-    rollout = generate_rollout(model, tokenizer, rows, SamplingConfig(max_new_tokens=24))
-    texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-    return sum(score("math", t, r["ground_truth"]) for t, r in zip(texts, rollout.rows, strict=True)) / len(rows)
+@pytest.fixture(scope="module")
+def accuracy(toy_models: dict[str, Path]):  # noqa: ANN201 - a cached lookup
+    """``accuracy(model, domain)``: held-out accuracy at temperature 1 (256 math / 128 code problems)."""
+    cache: dict[tuple[str, str], float] = {}
+
+    def measure(model: str, domain: str) -> float:
+        if (model, domain) not in cache:
+            rows = toy_rows(domain, 256 if domain == "math" else 128, seed=9, split="val")
+            path = str(toy_models[model])
+            tokenizer, policy = load_tokenizer(path), load_causal_lm(path)
+            torch.manual_seed(0)
+            rollout = generate_rollout(policy, tokenizer, rows, SamplingConfig(max_new_tokens=MAX_RESPONSE_TOKENS))
+            texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+            scores = score_batch([domain] * len(rows), texts, [row["ground_truth"] for row in rows])
+            cache[model, domain] = sum(scores) / len(scores)
+        return cache[model, domain]
+
+    return measure
 
 
-def test_prepared_base_is_weak_and_teacher_clearly_better(toy_world: Path) -> None:
-    rows = toy_rows("math", 256, seed=9, split="val")
-    base, teacher = accuracy(toy_world / "base", rows), accuracy(toy_world / "teacher-math", rows)
+@pytest.mark.parametrize("domain", ["math", "code"])
+def test_base_is_weak_and_each_teacher_clearly_better_on_its_domain(accuracy, domain: str) -> None:  # noqa: ANN001
+    base, teacher = accuracy("base", domain), accuracy(f"teacher-{domain}", domain)
     assert 0.15 <= base <= 0.6, base
     assert teacher >= base + 0.3, (base, teacher)
 
 
-def test_prepared_world_is_reused_and_toy_names_resolve(toy_world: Path) -> None:
-    stamp = (toy_world / "base" / "model.safetensors").stat().st_mtime_ns
-    assert prepare_toy_world(ToyRecipe()) == toy_world
-    assert (toy_world / "base" / "model.safetensors").stat().st_mtime_ns == stamp
-    assert load_tokenizer("toy:base").name_or_path == str(toy_world / "base")
+def test_big_base_beats_base_and_big_teacher_beats_big_base(accuracy) -> None:  # noqa: ANN001
+    assert accuracy("big-base", "math") >= accuracy("base", "math") + 0.1
+    assert accuracy("big-teacher-math", "math") >= accuracy("big-base", "math") + 0.2
+
+
+def test_prepared_world_is_reused_and_toy_names_resolve(toy_models: dict[str, Path]) -> None:
+    base = toy_models["base"]
+    stamp = (base / "model.safetensors").stat().st_mtime_ns
+    assert prepare_toy_world() == {name: toy_models[name] for name in DEFAULT_MODELS}
+    assert (base / "model.safetensors").stat().st_mtime_ns == stamp
+    assert load_tokenizer("toy:base").name_or_path == str(base)
     with pytest.raises(ValueError, match="unknown toy model 'nope'"):
         load_tokenizer("toy:nope")
+
+
+def test_gopd_toy_prepare_all(toy_models: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    main(["toy", "prepare", "--all"])
+    out = capsys.readouterr().out
+    assert "toy world ready" in out
+    for name, path in toy_models.items():
+        assert f"toy:{name}  {path}" in out

@@ -39,6 +39,7 @@ class GOPDCLI(LightningCLI):
         # the DataModule drops prompts that the student's tokenizer makes longer than the limit
         parser.link_arguments("model.init_args.student", "data.tokenizer")
         parser.link_arguments("model.init_args.max_prompt_length", "data.max_prompt_length")
+        parser.link_arguments("model.init_args.chat_template_kwargs", "data.chat_template_kwargs")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,

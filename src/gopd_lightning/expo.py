@@ -2,9 +2,10 @@
 
 ``theta_0`` is the model before training (e.g. the student's initial weights) and ``theta_1`` after
 it (e.g. the OPD-trained student); ``alpha > 0`` moves further along the direction training took.
-Either model is named as anywhere else (a path, hub id or ``toy:<name>``) or is a Lightning
-``.ckpt`` written by our modules, whose state dict holds the student as ``student.<HF key>`` and
-whose hyperparameters name the student's starting model (its architecture and tokenizer).
+Either model is named as anywhere else (a path, hub id or ``toy:<name>``) or is a checkpoint of
+a student trained by our modules: a Lightning ``.ckpt`` (state dict keys ``student.<HF key>``) or
+an FSDP2 checkpoint folder, read as ``gopd export`` reads it (architecture and tokenizer from the
+hyperparameters, a LoRA adapter merged).
 
     gopd expo toy:base runs/toy-opd/<run>/checkpoints/last.ckpt --alpha 0.5 --output runs/expo-0.5
 
@@ -22,37 +23,20 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-import gopd_lightning.policy  # noqa: F401 - registers the checkpoint hyperparameter classes as safe to load
+from gopd_lightning.export import is_distributed_checkpoint, load_student
 from gopd_lightning.models import DTYPES, check_same_vocabulary, load_causal_lm, load_tokenizer
 
 CHECKPOINT_SUFFIX = ".ckpt"
-STUDENT_PREFIX = "student."
 
 
 def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A float32 causal LM and its tokenizer from a model name, or from a Lightning checkpoint of a student."""
-    if not name.endswith(CHECKPOINT_SUFFIX):
-        return load_causal_lm(name, "float32"), load_tokenizer(name)
+    """A float32 causal LM and its tokenizer: a model name, or a checkpoint of a student (LoRA merged)."""
     path = Path(name)
-    if path.is_dir():
-        raise ValueError(f"{name} is a distributed (sharded) checkpoint; consolidate it into one .ckpt file first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    student = checkpoint.get("hyper_parameters", {}).get("student")
-    if student is None:
-        raise ValueError(f"{name}: no 'student' hyperparameter, so not a checkpoint of a gopd-lightning module")
-    weights = {
-        key[len(STUDENT_PREFIX) :]: value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(STUDENT_PREFIX)
-    }
-    model = load_causal_lm(student, "float32")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{name}: the student's weights do not fit its model {student!r} (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}); a LoRA student must be merged first"
-        )
-    return model, load_tokenizer(student)
+    if name.endswith(CHECKPOINT_SUFFIX) or is_distributed_checkpoint(path):
+        module = load_student(path)
+        student = module.student.merge_and_unload() if module.hparams.get("lora") else module.student
+        return student.float(), module.tokenizer
+    return load_causal_lm(name, "float32"), load_tokenizer(name)
 
 
 def extrapolate_weights(

@@ -17,6 +17,7 @@ from gopd_lightning.objective import aggregate, group_normalized_advantages
 from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
 from gopd_lightning.rewards import DOMAINS
 from gopd_lightning.rollout import SamplingConfig
+from gopd_lightning.sharding import ShardingConfig
 
 
 class GRPOModule(PolicyModule):
@@ -37,6 +38,7 @@ class GRPOModule(PolicyModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lora: dict | None = None,
         chat_template_kwargs: dict | None = None,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         """
         Args:
@@ -51,19 +53,25 @@ class GRPOModule(PolicyModule):
             student_dtype: weights of the policy.
             optimizer: builds the optimiser from the policy's parameters.
             lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
+            lora: train a LoRA adapter instead of every weight (keyword arguments of ``peft.LoraConfig``).
+            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt.
+            sharding: activation checkpointing and FSDP2 settings (see ``gopd_lightning.sharding``).
         """
         super().__init__(
             student,
-            sampling,
-            eval_sampling,
-            eval_samples,
-            eval_pass_k,
-            update,
-            max_prompt_length,
-            logprob_chunk_size,
-            student_dtype,
-            optimizer,
-            lr_scheduler,
+            sampling=sampling,
+            eval_sampling=eval_sampling,
+            eval_samples=eval_samples,
+            eval_pass_k=eval_pass_k,
+            update=update,
+            max_prompt_length=max_prompt_length,
+            logprob_chunk_size=logprob_chunk_size,
+            student_dtype=student_dtype,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            lora=lora,
+            chat_template_kwargs=chat_template_kwargs,
+            sharding=sharding,
         )
         if self.sampling.samples_per_prompt < 2:
             raise ValueError("GRPO needs sampling.samples_per_prompt >= 2: advantages compare samples of one prompt")

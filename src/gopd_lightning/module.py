@@ -38,7 +38,7 @@ from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, 
 from gopd_lightning.objective import aggregate, token_advantages
 from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
 from gopd_lightning.rollout import Rollout, SamplingConfig
-from gopd_lightning.sharding import ShardingConfig, parallelize
+from gopd_lightning.sharding import ShardingConfig
 
 INITIAL = "initial"
 FROZEN_PREFIXES = ("teachers.", "reference.")
@@ -90,21 +90,28 @@ class GOPDModule(PolicyModule):
             frozen_dtype: weights of the teachers and the reference.
             optimizer: builds the optimiser from the student's parameters.
             lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
+            lora: train a LoRA adapter instead of every weight (keyword arguments of
+                ``peft.LoraConfig``); the default reference is then the base with the adapter off.
+            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt
+                (e.g. ``{enable_thinking: false}``).
+            offload_frozen: keep the teachers and the reference in CPU memory between uses.
             sharding: activation checkpointing, and under FSDP2 the student's precision and how it
                 is gathered for rollouts (see ``gopd_lightning.sharding``).
         """
         super().__init__(
             student,
-            sampling,
-            eval_sampling,
-            eval_samples,
-            eval_pass_k,
-            update,
-            max_prompt_length,
-            logprob_chunk_size,
-            student_dtype,
-            optimizer,
-            lr_scheduler,
+            sampling=sampling,
+            eval_sampling=eval_sampling,
+            eval_samples=eval_samples,
+            eval_pass_k=eval_pass_k,
+            update=update,
+            max_prompt_length=max_prompt_length,
+            logprob_chunk_size=logprob_chunk_size,
+            student_dtype=student_dtype,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            lora=lora,
+            chat_template_kwargs=chat_template_kwargs,
             sharding=sharding,
         )
         if not teachers:
@@ -132,34 +139,37 @@ class GOPDModule(PolicyModule):
         return self.lam != 1.0
 
     # ---------------------------------------------------------------- building the models
-    def configure_model(self) -> None:
-        """Load the student, the teachers and (when lam != 1) the reference, once."""
-        if self.student is not None:
-            return
+    def frozen_model_paths(self) -> dict[str, str]:
+        """Frozen models to load by name: every teacher, and a reference that is not the student's start."""
         hp = self.hparams
-        frozen = {f"teacher {domain!r}": path for domain, path in hp.teachers.items()}
+        paths = {f"teacher {domain!r}": path for domain, path in hp.teachers.items()}
         if self.needs_reference and hp.reference != INITIAL:
-            frozen["reference"] = hp.reference
-        student_tokenizer = load_tokenizer(hp.student)
-        for name, path in frozen.items():  # tokenizers first: fail before loading any weights
+            paths["reference"] = hp.reference
+        return paths
+
+    def check_frozen_tokenizers(self) -> None:
+        """Same vocabulary as the student; a different chat template re-renders that model's prompts."""
+        for name, path in self.frozen_model_paths().items():
             tokenizer = load_tokenizer(path)
-            check_same_vocabulary(student_tokenizer, tokenizer, f"{name} ({path})")
-            if tokenizer.chat_template != student_tokenizer.chat_template:
+            check_same_vocabulary(self.tokenizer, tokenizer, f"{name} ({path})")
+            if tokenizer.chat_template != self.tokenizer.chat_template:
                 self.prompt_tokenizers[name] = tokenizer
-        super().configure_model()
-        models = {name: freeze(load_causal_lm(path, hp.frozen_dtype)) for name, path in frozen.items()}
+
+    def load_frozen_models(self) -> list[nn.Module]:
+        """The teachers and, when lam != 1, the reference, frozen."""
+        hp = self.hparams
+        if self.device_mesh is not None and hp.offload_frozen:
+            raise ValueError("offload_frozen does not combine with FSDP2, which shards the frozen models instead")
+        paths = self.frozen_model_paths()
+        models = {name: freeze(load_causal_lm(path, hp.frozen_dtype)) for name, path in paths.items()}
         for name, model in models.items():
-            check_vocabulary_fits(model, self.tokenizer, f"{name} ({frozen[name]})")
+            check_vocabulary_fits(model, self.tokenizer, f"{name} ({paths[name]})")
         self.teachers = nn.ModuleDict({domain: models[f"teacher {domain!r}"] for domain in hp.teachers})
         if self.needs_reference and hp.reference == INITIAL and not hp.lora:
             self.reference = freeze(copy.deepcopy(self.student).to(getattr(torch, hp.frozen_dtype)))
         elif "reference" in models:
             self.reference = models["reference"]
-        # scale-out: activation checkpointing, and FSDP2 of every model under ModelParallelStrategy
-        if self.device_mesh is not None and hp.offload_frozen:
-            raise ValueError("offload_frozen does not combine with FSDP2, which shards the frozen models instead")
-        frozen_models = [*self.teachers.values(), *([] if self.reference is None else [self.reference])]
-        parallelize(self.student, frozen_models, self.device_mesh, self.sharding)
+        return [*self.teachers.values(), *([] if self.reference is None else [self.reference])]
 
     def setup(self, stage: str) -> None:
         """Fail early when the data holds a domain that has no teacher."""

@@ -24,7 +24,7 @@ from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_to
 from gopd_lightning.objective import Aggregation, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
 from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs, with_prompts_of
-from gopd_lightning.sharding import ShardingConfig, unsharded_generation
+from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
 
 AdvantageFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -112,10 +112,16 @@ class PolicyModule(LightningModule):
         self.student: PreTrainedModel | None = None
 
     def configure_model(self) -> None:
-        """Load the tokenizer and the student, once (Lightning may call this more than once)."""
+        """Load the tokenizer, the student and the frozen models, once (Lightning may call this again).
+
+        Subclasses name their frozen models in two hooks: ``check_frozen_tokenizers`` (before any
+        weights load, so a vocabulary mismatch fails fast) and ``load_frozen_models``. Then
+        activation checkpointing and, under a device mesh, FSDP2 apply to every model.
+        """
         if self.student is not None:
             return
         self.tokenizer = load_tokenizer(self.hparams.student)
+        self.check_frozen_tokenizers()
         student = load_causal_lm(self.hparams.student, self.hparams.student_dtype)
         check_vocabulary_fits(student, self.tokenizer, f"student ({self.hparams.student})")
         if self.hparams.get("lora"):
@@ -123,6 +129,14 @@ class PolicyModule(LightningModule):
 
             student = get_peft_model(student, LoraConfig(task_type="CAUSAL_LM", **self.hparams.lora))
         self.student = student.train()
+        parallelize(self.student, self.load_frozen_models(), self.device_mesh, self.sharding)
+
+    def check_frozen_tokenizers(self) -> None:
+        """Check the frozen models' tokenizers against the student's (``self.tokenizer``); none here."""
+
+    def load_frozen_models(self) -> list[nn.Module]:
+        """Build the frozen models (the student is loaded) and return them for sharding; none here."""
+        return []
 
     @property
     def vocab_size(self) -> int:

@@ -67,9 +67,18 @@ class Rollout:
         )
 
 
-def render_prompts(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> list[str]:
-    """Each row's chat messages rendered by the tokenizer's chat template, ready for generation."""
-    return [tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) for row in rows]
+def render_prompts(
+    tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], template_kwargs: dict | None = None
+) -> list[str]:
+    """Each row's chat messages rendered by the tokenizer's chat template, ready for generation.
+
+    ``template_kwargs`` go to the template (e.g. ``{"enable_thinking": False}`` for Qwen3).
+    """
+    kwargs = template_kwargs or {}
+    return [
+        tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True, **kwargs)
+        for row in rows
+    ]
 
 
 def encode_prompts(
@@ -82,7 +91,7 @@ def encode_prompts(
 
     Raises a ValueError naming the row when a prompt is longer than ``max_prompt_length``.
     """
-    texts = render_prompts(tokenizer, rows, **(template_kwargs or {}))
+    texts = render_prompts(tokenizer, rows, template_kwargs)
     encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     if max_prompt_length is not None:
         lengths = encoded["attention_mask"].sum(dim=-1)

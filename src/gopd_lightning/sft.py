@@ -37,7 +37,7 @@ from gopd_lightning.module import _drop_frozen_keys, _ignore_missing_frozen_keys
 from gopd_lightning.objective import aggregate
 from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
 from gopd_lightning.rollout import Rollout, SamplingConfig, encode_prompts, generate_rollout
-from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
+from gopd_lightning.sharding import ShardingConfig, unsharded_generation
 
 
 class SFTModule(PolicyModule):
@@ -87,18 +87,18 @@ class SFTModule(PolicyModule):
         """
         super().__init__(
             student,
-            sampling,
-            eval_sampling,
-            eval_samples,
-            eval_pass_k,
-            update or UpdateConfig(aggregation="token-mean"),
-            max_prompt_length,
-            logprob_chunk_size,
-            student_dtype,
-            optimizer,
-            lr_scheduler,
-            lora,
-            chat_template_kwargs,
+            sampling=sampling,
+            eval_sampling=eval_sampling,
+            eval_samples=eval_samples,
+            eval_pass_k=eval_pass_k,
+            update=update or UpdateConfig(aggregation="token-mean"),
+            max_prompt_length=max_prompt_length,
+            logprob_chunk_size=logprob_chunk_size,
+            student_dtype=student_dtype,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            lora=lora,
+            chat_template_kwargs=chat_template_kwargs,
             sharding=sharding,
         )
         if not teachers and not responses:
@@ -113,23 +113,21 @@ class SFTModule(PolicyModule):
         self.register_state_dict_post_hook(_drop_frozen_keys)
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
 
-    def configure_model(self) -> None:
-        """Load the student and the frozen teachers, once; every teacher must share the student's vocabulary."""
-        if self.student is not None:
-            return
-        hp = self.hparams
-        teachers = dict(hp.teachers or {})
-        student_tokenizer = load_tokenizer(hp.student)
-        for domain, path in teachers.items():  # tokenizers first: fail before loading any weights
+    def check_frozen_tokenizers(self) -> None:
+        """Every teacher must share the student's vocabulary (checked before any weights load)."""
+        for domain, path in (self.hparams.teachers or {}).items():
             self.teacher_tokenizers[domain] = load_tokenizer(path)
-            check_same_vocabulary(student_tokenizer, self.teacher_tokenizers[domain], f"teacher {domain!r} ({path})")
-        super().configure_model()
+            check_same_vocabulary(self.tokenizer, self.teacher_tokenizers[domain], f"teacher {domain!r} ({path})")
+
+    def load_frozen_models(self) -> list[nn.Module]:
+        """The frozen teachers that write the responses to imitate."""
+        teachers = dict(self.hparams.teachers or {})
         self.teachers = nn.ModuleDict(
-            {domain: freeze(load_causal_lm(path, hp.frozen_dtype)) for domain, path in teachers.items()}
+            {domain: freeze(load_causal_lm(path, self.hparams.frozen_dtype)) for domain, path in teachers.items()}
         )
         for domain, teacher in self.teachers.items():
             check_vocabulary_fits(teacher, self.tokenizer, f"teacher {domain!r} ({teachers[domain]})")
-        parallelize(self.student, self.teachers.values(), self.device_mesh, self.sharding)
+        return list(self.teachers.values())
 
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         rollout = self.imitation_rollout(batch)
@@ -179,6 +177,7 @@ class SFTModule(PolicyModule):
             [ids for _, ids in imitated],
             self.hparams.max_prompt_length,
             self.chat_template_kwargs,
+            self.device,
         )
 
     def stored_response(self, row: Mapping) -> str | None:
@@ -205,8 +204,9 @@ def responses_rollout(
     responses: Sequence[Sequence[int]],
     max_prompt_length: int | None = None,
     template_kwargs: dict | None = None,
+    device: torch.device | str = "cpu",
 ) -> Rollout:
-    """A rollout of given response ids: left-padded chat prompts, right-padded responses (all kept)."""
+    """A rollout of given response ids on ``device``: left-padded chat prompts, right-padded responses (all kept)."""
     prompts = encode_prompts(tokenizer, rows, max_prompt_length, template_kwargs)
     width = max(1, max(map(len, responses)))
     response_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=prompts["input_ids"].dtype)
@@ -215,8 +215,8 @@ def responses_rollout(
         response_ids[row, : len(ids)] = torch.tensor(ids, dtype=response_ids.dtype)
         response_mask[row, : len(ids)] = 1
     return Rollout(
-        torch.cat([prompts["input_ids"], response_ids], dim=1),
-        torch.cat([prompts["attention_mask"], response_mask], dim=1),
+        torch.cat([prompts["input_ids"], response_ids], dim=1).to(device),
+        torch.cat([prompts["attention_mask"], response_mask], dim=1).to(device),
         prompts["input_ids"].shape[1],
         list(rows),
     )

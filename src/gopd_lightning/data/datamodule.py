@@ -50,11 +50,13 @@ def load_rows(source: DataSource) -> list[Row]:
     return [{**row, "source": source.name or row.get("source") or source.default_name} for row in rows]
 
 
-def prompt_lengths(tokenizer: PreTrainedTokenizerBase, rows: list[Row]) -> list[int]:
+def prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase, rows: list[Row], template_kwargs: dict | None = None
+) -> list[int]:
     """Token counts of the rows' chat-templated prompts, as the student's tokenizer renders them."""
     lengths = []
     for start in range(0, len(rows), TOKENIZE_CHUNK):
-        texts = render_prompts(tokenizer, rows[start : start + TOKENIZE_CHUNK])
+        texts = render_prompts(tokenizer, rows[start : start + TOKENIZE_CHUNK], template_kwargs)
         lengths += [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return lengths
 
@@ -72,6 +74,7 @@ class PromptDataModule(LightningDataModule):
         num_workers: int = 0,
         tokenizer: str | None = None,
         max_prompt_length: int | None = None,
+        chat_template_kwargs: dict | None = None,
         mixing: Mixing = "all_exhausted",
         seed: int = 0,
     ) -> None:
@@ -85,6 +88,8 @@ class PromptDataModule(LightningDataModule):
             num_workers: data-loading worker processes.
             tokenizer: the student's tokenizer (path or hub id); with ``max_prompt_length``, longer prompts are dropped.
             max_prompt_length: drop prompts whose chat-templated length exceeds this many tokens.
+            chat_template_kwargs: extra arguments of the student's chat template (as the model renders
+                prompts; the CLI links the model's).
             mixing: when weighted training sources run out (``datasets.interleave_datasets`` stopping strategy):
                 "all_exhausted" oversamples until every source was seen whole, "first_exhausted" stops at the
                 first exhausted source.
@@ -97,6 +102,7 @@ class PromptDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.mixing = mixing
         self.seed = seed
         self.datasets: dict[str, datasets.Dataset] = {}
@@ -124,7 +130,7 @@ class PromptDataModule(LightningDataModule):
         """The rows whose prompts fit ``max_prompt_length``; logs how many were dropped."""
         tokenizer, kept = load_tokenizer(self.tokenizer), []
         for rows in parts:
-            lengths = prompt_lengths(tokenizer, rows)
+            lengths = prompt_lengths(tokenizer, rows, self.chat_template_kwargs)
             kept.append([row for row, length in zip(rows, lengths, strict=True) if length <= self.max_prompt_length])
         dropped = sum(map(len, parts)) - sum(map(len, kept))
         log.info(

@@ -232,7 +232,7 @@ def _collect(
     with selectors.DefaultSelector() as selector:
         for fd in names:
             selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map() or warden.poll() is None:
+        while selector.get_map() or _running(warden):
             now = time.monotonic()
             if now >= deadline:
                 if not stops:
@@ -240,7 +240,7 @@ def _collect(
                 timed_out = True
                 stops.pop(0)()
                 deadline = now + KILL_GRACE_S
-            if weak and warden.poll() is not None:
+            if weak and not _running(warden):
                 _kill_group(warden)  # stragglers may hold the pipes open
             for key, _ in selector.select(min(deadline - now, POLL_S)):
                 chunk = os.read(key.fd, READ_CHUNK)
@@ -264,11 +264,18 @@ def _stop(warden: subprocess.Popen, weak: bool, signum: int) -> None:
     """SIGTERM asks the warden to kill the namespace's init and wait for it; SIGKILL leaves that to PDEATHSIG."""
     if weak:
         _kill_group(warden)
-    elif warden.poll() is None:
+    elif _running(warden):
         warden.send_signal(signum)
 
 
+def _running(warden: subprocess.Popen) -> bool:
+    """Whether the warden still runs, without reaping it: while it is an unreaped zombie its pid (the
+    weak mode's process group id) cannot be reused, so killing that group never hits another process."""
+    return os.waitid(os.P_PID, warden.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
 def _kill_group(warden: subprocess.Popen) -> None:
+    """SIGKILL the weak mode's process group (the warden leads it); only before the warden is reaped."""
     try:
         os.killpg(warden.pid, signal.SIGKILL)
     except ProcessLookupError:

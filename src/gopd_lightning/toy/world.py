@@ -7,7 +7,7 @@ responses of the toy tasks, deterministic by seed:
 - ``base``: a small model trained briefly on math and code (weak on both, not hopeless);
 - ``teacher-math`` / ``teacher-code``: the base trained further on one domain: two experts made
   from one base, like the paper's RL teachers;
-- ``big-base``: a larger model trained as briefly on both domains (better than ``base``);
+- ``big-base``: a model twice as deep, trained about as briefly on both domains (better than ``base``);
 - ``big-teacher-math``: ``big-base`` trained further on math (strong-to-weak distillation, with
   ``big-base`` as the corrected reference).
 
@@ -49,9 +49,13 @@ class ToyModelShape:
     """Size of a toy Qwen3 model."""
 
     hidden_size: int = 64
+    """Width of the residual stream (the MLP is twice as wide)."""
     num_layers: int = 2
+    """Decoder layers."""
     num_heads: int = 4
+    """Attention heads."""
     num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,13 @@ class ToyModelRecipe:
             raise ValueError("a toy model recipe needs exactly one of 'parent' (continue) and 'shape' (from scratch)")
 
 
-SMALL, BIG = ToyModelShape(), ToyModelShape(hidden_size=128)
-BOTH = ("math", "code")
+SMALL, BIG = ToyModelShape(), ToyModelShape(num_layers=4)
 TOY_MODELS: dict[str, ToyModelRecipe] = {
-    "base": ToyModelRecipe(BOTH, steps=1000, shape=SMALL),
+    "base": ToyModelRecipe(("math", "code", "math", "code", "code"), steps=1225, shape=SMALL),
     "teacher-math": ToyModelRecipe(("math",), steps=400, parent="base", anneal=True),
-    "teacher-code": ToyModelRecipe(("code",), steps=400, parent="base", anneal=True),
-    "big-base": ToyModelRecipe(BOTH, steps=1400, shape=BIG),
-    "big-teacher-math": ToyModelRecipe(("math",), steps=400, parent="big-base", anneal=True),
+    "teacher-code": ToyModelRecipe(("code",), steps=500, parent="base", anneal=True),
+    "big-base": ToyModelRecipe(("math", "math", "code"), steps=900, shape=BIG),
+    "big-teacher-math": ToyModelRecipe(("math",), steps=300, parent="big-base", anneal=True),
 }
 """Every toy model by name (``toy:<name>`` in configs)."""
 DEFAULT_MODELS = ("base", "teacher-math")
@@ -122,7 +125,7 @@ class ToyRecipe:
         recipe = self.recipe(name)
         parent = None if recipe.parent is None else self.digest(recipe.parent)
         blob = json.dumps(
-            {"version": RECIPE_VERSION, "seed": self.seed, "parent": parent, **dataclasses.asdict(recipe)},
+            {"version": RECIPE_VERSION, "seed": self.seed, "parent_digest": parent, **dataclasses.asdict(recipe)},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -166,17 +169,32 @@ def prepare_toy_model(name: str, recipe: ToyRecipe, force: bool = False) -> Path
 
 
 def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
-    """Supervised fine-tuning of ``name`` on gold responses, saved with the tokenizer at ``path``."""
-    tokenizer = build_tokenizer()
-    model_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
-    torch.manual_seed(model_seed)
-    if parent is None:
-        model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
-    else:
-        model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
-    model.train()
+    """Supervised fine-tuning of ``name`` on gold responses, saved with the tokenizer at ``path``.
+
+    Runs on one thread: as fast as more for models this small, immune to other processes competing for
+    the cores (two threads on a busy machine can be many times slower), and the same result anywhere.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokenizer = build_tokenizer()
+        model_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
+        torch.manual_seed(model_seed)
+        if parent is None:
+            model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
+        else:
+            model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
+        _fit(name, model.train(), recipe, _sft_batches(tokenizer, recipe, model_seed))
+    finally:
+        torch.set_num_threads(threads)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _fit(name: str, model: Qwen3ForCausalLM, recipe: ToyModelRecipe, batches: list[dict]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    batches = _sft_batches(tokenizer, recipe, model_seed)
     with tqdm(total=recipe.steps, desc=f"toy world: {name}", unit="step", mininterval=1.0) as bar:
         for step, batch in enumerate(batches):
             if recipe.anneal:
@@ -190,10 +208,6 @@ def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, pa
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 def _config(shape: ToyModelShape, tokenizer: PreTrainedTokenizerBase) -> Qwen3Config:
@@ -216,7 +230,10 @@ def _config(shape: ToyModelShape, tokenizer: PreTrainedTokenizerBase) -> Qwen3Co
 def _sft_batches(tokenizer: PreTrainedTokenizerBase, recipe: ToyModelRecipe, seed: int) -> list[dict]:
     """One batch of gold training problems per step, of one family: short problems stay in short batches."""
     turns = [recipe.families[step % len(recipe.families)] for step in range(recipe.steps)]
-    pools = {family: iter(problems(family, turns.count(family) * recipe.batch_size, seed, "train")) for family in turns}
+    pools = {
+        family: iter(problems(family, turns.count(family) * recipe.batch_size, seed, "train"))
+        for family in set(recipe.families)
+    }
     return [_encode_sft(tokenizer, [next(pools[family]) for _ in range(recipe.batch_size)]) for family in turns]
 
 
