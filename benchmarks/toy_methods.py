@@ -3,8 +3,9 @@
     python benchmarks/toy_methods.py [--steps 300] [--out runs/toy-methods]
 
 Evaluates the prepared toy models as they are (``gopd validate``), then trains each method from
-its shipped config for ``--steps`` steps (``gopd fit``) and prints one markdown table of the final
-validation accuracy (avg@k at temperature 1) per domain, read from each run's results-val.json.
+its shipped config for ``--steps`` steps (``gopd fit``), extrapolates the OPD student from the base
+(ExPO, ``gopd expo --alpha``), and prints one markdown table of the final validation accuracy
+(avg@k at temperature 1) per domain, read from each run's results-val.json.
 """
 
 from __future__ import annotations
@@ -28,7 +29,22 @@ METHODS = ["sft", "opd", "exopd", "grpo", "multi_teacher_exopd", "strong_to_weak
 
 
 def gopd(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "gopd_lightning.cli", *args], check=True, capture_output=True, text=True)
+    """Run one ``gopd`` command; on failure show the end of its output and stop."""
+    print("$ gopd " + " ".join(args), flush=True)
+    done = subprocess.run([sys.executable, "-m", "gopd_lightning.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"gopd {args[0]} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+
+
+def validate(config: str, student: str, run: Path) -> None:
+    """``gopd validate`` of ``student`` on the validation data of toy config ``config``."""
+    gopd(
+        "validate",
+        "-c",
+        str(CONFIGS / f"{config}.yaml"),
+        f"--model.student={student}",
+        f"--trainer.default_root_dir={run}",
+    )
 
 
 def accuracies(run: Path) -> dict[str, float]:
@@ -41,36 +57,49 @@ def accuracies(run: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--alpha", type=float, default=0.5, help="ExPO extrapolation of the OPD student")
     parser.add_argument("--out", default="runs/toy-methods")
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
     for name, (config, student) in MODELS.items():
         run = out / f"model-{name}"
-        gopd(
-            "validate",
-            "-c",
-            str(CONFIGS / f"{config}.yaml"),
-            f"--model.student={student}",
-            f"--trainer.default_root_dir={run}",
-        )
+        validate(config, student, run)
         rows.append((name, "as prepared", accuracies(run), 0.0))
     for method in METHODS:
-        config = CONFIGS / f"{method}.yaml"
-        if not config.exists():
-            continue
         run = out / method
         started = time.perf_counter()
         gopd(
             "fit",
             "-c",
-            str(config),
-            f"--trainer.max_steps={args.steps}",
+            str(CONFIGS / f"{method}.yaml"),
+            # steps are rollout batches (GRPO makes several optimiser updates of one batch)
+            "--trainer.max_steps=-1",
+            "--trainer.max_epochs=1",
+            f"--trainer.limit_train_batches={args.steps}",
             f"--trainer.val_check_interval={args.steps}",
             f"--trainer.default_root_dir={run}",
             "--validate_before_fit=false",
         )
         rows.append((method, f"{args.steps} steps", accuracies(run), time.perf_counter() - started))
+    started = time.perf_counter()
+    expo_model, run = out / f"expo-{args.alpha}", out / f"expo-{args.alpha}-val"
+    gopd(
+        "expo",
+        "toy:base",
+        str(out / "opd" / "checkpoints" / "last.ckpt"),
+        f"--alpha={args.alpha}",
+        f"--output={expo_model}",
+    )
+    validate("opd", str(expo_model), run)
+    rows.append(
+        (
+            f"ExPO alpha={args.alpha} (base -> opd)",
+            f"{args.steps} steps",
+            accuracies(run),
+            time.perf_counter() - started,
+        )
+    )
     domains = sorted({d for _, _, acc, _ in rows for d in acc})
     print("| model / method | training | " + " | ".join(f"{d} accuracy" for d in domains) + " | wall s |")
     print("|---" * (len(domains) + 3) + "|")

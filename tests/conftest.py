@@ -10,6 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from gopd_lightning.toy.tokenizer import build_tokenizer
+from gopd_lightning.toy.world import TOY_MODELS, prepare_toy_world
 
 torch.set_num_threads(2)
 
@@ -58,3 +59,12 @@ def toy_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GOPD_HOME", str(home))
         yield home
+
+
+@pytest.fixture(scope="session")
+def toy_models(toy_home: Path) -> dict[str, Path]:
+    """Every toy model, built once per session; the trees that share no ancestor in parallel processes.
+
+    Tests that run the toy world ask for this first, so the whole world is built in one go.
+    """
+    return prepare_toy_world(names=TOY_MODELS)

@@ -12,7 +12,12 @@ import torch
 
 ROOT = Path(__file__).parents[1]
 EXOPD = str(ROOT / "configs" / "toy" / "exopd.yaml")
-SHORT = ["--trainer.val_check_interval=2"]
+SHORT = [  # the toy config on fewer prompts: validation every 2 steps on 64 problems
+    "--trainer.val_check_interval=2",
+    '--data.train=[{path: "toy:math", split: train, limit: 1024, seed: 1}]',
+    '--data.val=[{path: "toy:math", split: val, limit: 64, seed: 0}]',
+    '--data.test=[{path: "toy:math", split: val, limit: 64, seed: 2}]',
+]
 
 
 def gopd(*args: str, cwd: Path) -> str:
@@ -24,7 +29,7 @@ def gopd(*args: str, cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_fit_resume_and_test_on_the_toy_world(tmp_path: Path) -> None:
+def test_fit_resume_and_test_on_the_toy_world(toy_models: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
     out = gopd("fit", "-c", EXOPD, "--trainer.max_steps=4", f"--trainer.default_root_dir={run}", *SHORT, cwd=tmp_path)
     assert f"Run directory: {run}" in out and "val/accuracy:" in out
@@ -54,14 +59,14 @@ def test_fit_resume_and_test_on_the_toy_world(tmp_path: Path) -> None:
 
     test_dir = tmp_path / "test"
     tested = gopd(
-        "test", "-c", EXOPD, f"--trainer.default_root_dir={tmp_path / 'test'}", f"--ckpt_path={last}", cwd=tmp_path
+        "test", "-c", EXOPD, f"--trainer.default_root_dir={test_dir}", f"--ckpt_path={last}", *SHORT, cwd=tmp_path
     )
     assert "test/accuracy" in tested
     table = (test_dir / "results-test.md").read_text()
     assert "| group | problems | accuracy | pass@1 | pass@4 | response_length |" in table
-    assert "| all | 256 |" in table and "domain/math" in table
+    assert "| all | 64 |" in table and "domain/math" in table
 
 
-def test_toy_prepare_command(tmp_path: Path) -> None:
+def test_toy_prepare_command(toy_models: dict[str, Path], tmp_path: Path) -> None:
     out = gopd("toy", "prepare", cwd=tmp_path)
     assert "toy world ready" in out and "toy:base" in out and "toy:teacher-math" in out

@@ -11,6 +11,7 @@ trained weights agree within ``TOLERANCE`` (float rounding of a different reduct
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -90,11 +91,33 @@ def assert_same_student(a: Path, b: Path) -> None:
         torch.testing.assert_close(first[key], second[key], atol=TOLERANCE, rtol=0, msg=key)
 
 
+GREEDY_VALIDATION = [  # validation before fit on 8 problems, split between the processes
+    "--validate_before_fit=true",
+    '--data.val=[{path: "toy:math", split: val, limit: 8}]',
+    "--model.eval_sampling.temperature=0",
+    "--model.eval_samples={math: 2}",
+    "--model.eval_pass_k=[1, 2]",
+]
+
+
 @pytest.fixture(scope="module")
 def runs(models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """3 greedy steps of the same data: one process, DDP and FSDP2 on 2 processes."""
+    """Greedy validation, then 3 greedy steps of the same data: one process, DDP and FSDP2 on 2 processes."""
     root = tmp_path_factory.mktemp("runs")
-    return {setup: fit(root / setup, setup, models, "--model.sampling.temperature=0") for setup in SETUPS}
+    return {
+        setup: fit(root / setup, setup, models, "--model.sampling.temperature=0", *GREEDY_VALIDATION)
+        for setup in SETUPS
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["ddp", "fsdp"])
+def test_validation_across_processes_reports_what_one_process_does(runs: dict[str, Path], setup: str) -> None:
+    single, distributed = (json.loads((runs[s] / "results-val.json").read_text()) for s in ("single", setup))
+    assert single["results"]["all"]["problems"] == 8 and single["results"]["all"]["response_length"] > 0
+    assert distributed["results"].keys() == single["results"].keys()
+    for group, row in single["results"].items():
+        assert distributed["results"][group] == pytest.approx(row), group
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def test_the_paper_settings_are_all_there() -> None:
     assert {"opd_qwen3_4b_math", "exopd_qwen3_4b_math", "exopd_qwen3_4b_multi_teacher"} <= names
     assert {"exopd_qwen3_1.7b_strong_to_weak", "exopd_qwen3_1.7b_strong_to_weak_rc"} <= names
     assert {"grpo_qwen3_4b_math_teacher", "grpo_qwen3_4b_code_teacher"} <= names
+    assert {"sft_qwen3_4b_math", "sft_qwen3_1.7b_strong_to_weak"} <= names
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)

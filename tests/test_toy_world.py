@@ -18,7 +18,6 @@ from gopd_lightning.toy.tasks import TASK_FAMILIES, problems, toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
 from gopd_lightning.toy.world import (
     DEFAULT_MODELS,
-    TOY_MODELS,
     ToyModelRecipe,
     ToyModelShape,
     ToyRecipe,
@@ -131,6 +130,19 @@ def test_models_are_built_lazily_with_their_parents(tmp_path: Path, monkeypatch:
     assert not torch.equal(weights["model.embed_tokens.weight"], reseeded["model.embed_tokens.weight"])
 
 
+def test_unrelated_models_build_in_parallel_processes_with_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = tiny_world()
+    monkeypatch.setenv("GOPD_HOME", str(tmp_path / "parallel"))
+    parallel = prepare_toy_world(recipe, ["child", "other"])  # two trees: root -> child, and other
+    assert built(tmp_path / "parallel") == ["child", "other", "root"]
+    monkeypatch.setenv("GOPD_HOME", str(tmp_path / "in-process"))
+    for name, path in parallel.items():
+        weights, again = (load_file(p / "model.safetensors") for p in (path, toy_model_path(name, recipe)))
+        assert all(torch.equal(weights[key], again[key]) for key in weights), name
+
+
 def test_bad_recipes_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown toy model 'nope'"):
         tiny_world().lineage("nope")
@@ -144,11 +156,6 @@ def test_bad_recipes_are_refused() -> None:
 
 
 # ---------------------------------------------------------------- the real toy world: weak bases, strong experts
-@pytest.fixture(scope="module")
-def toy_models(toy_home: Path) -> dict[str, Path]:
-    return prepare_toy_world(names=TOY_MODELS)
-
-
 @pytest.fixture(scope="module")
 def accuracy(toy_models: dict[str, Path]):  # noqa: ANN201 - a cached lookup
     """``accuracy(model, domain)``: held-out accuracy at temperature 1 (256 math / 128 code problems)."""

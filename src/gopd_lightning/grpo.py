@@ -10,72 +10,29 @@ reference model (the published teacher runs: lr 1e-6, 128 prompts x 8 rollouts).
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing import Any
+
 from torch import Tensor
 
 from gopd_lightning.objective import aggregate, group_normalized_advantages
-from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
+from gopd_lightning.policy import PolicyModule
 from gopd_lightning.rewards import DOMAINS
-from gopd_lightning.rollout import SamplingConfig
-from gopd_lightning.sharding import ShardingConfig
 
 
 class GRPOModule(PolicyModule):
     """Group Relative Policy Optimisation with verifier rewards."""
 
-    def __init__(
-        self,
-        student: str,
-        sampling: SamplingConfig | None = None,
-        eval_sampling: SamplingConfig | None = None,
-        eval_samples: dict[str, int] | None = None,
-        eval_pass_k: list[int] | None = None,
-        update: UpdateConfig | None = None,
-        max_prompt_length: int = 2048,
-        logprob_chunk_size: int = 1024,
-        student_dtype: str = "float32",
-        optimizer: OptimizerCallable = paper_adamw,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lora: dict | None = None,
-        chat_template_kwargs: dict | None = None,
-        sharding: ShardingConfig | None = None,
-    ) -> None:
+    def __init__(self, student: str, **policy_options: Any) -> None:
         """
         Args:
             student: the policy to train (path, hub id or ``toy:<name>``).
-            sampling: rollout sampling; ``samples_per_prompt`` is the group size (8 in the paper).
-            eval_sampling: how validation and test responses are sampled.
-            eval_samples: domain -> samples per problem in evaluation.
-            eval_pass_k: k values of the unbiased pass@k to report.
-            update: mini-batches per rollout (PPO clip matters when > 1), micro-batches, grad clip.
-            max_prompt_length: longest prompt in tokens; a longer one is an error.
-            logprob_chunk_size: response positions per chunk of fp32 logits.
-            student_dtype: weights of the policy.
-            optimizer: builds the optimiser from the policy's parameters.
-            lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
-            lora: train a LoRA adapter instead of every weight (keyword arguments of ``peft.LoraConfig``).
-            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt.
-            sharding: activation checkpointing and FSDP2 settings (see ``gopd_lightning.sharding``).
+            policy_options: as in :class:`~gopd_lightning.policy.PolicyModule`; here
+                ``sampling.samples_per_prompt`` is the group size (8 in the paper), and
+                ``update.updates_per_rollout`` > 1 makes PPO's clip matter.
         """
-        super().__init__(
-            student,
-            sampling=sampling,
-            eval_sampling=eval_sampling,
-            eval_samples=eval_samples,
-            eval_pass_k=eval_pass_k,
-            update=update,
-            max_prompt_length=max_prompt_length,
-            logprob_chunk_size=logprob_chunk_size,
-            student_dtype=student_dtype,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            lora=lora,
-            chat_template_kwargs=chat_template_kwargs,
-            sharding=sharding,
-        )
+        super().__init__(student, **policy_options)
         if self.sampling.samples_per_prompt < 2:
             raise ValueError("GRPO needs sampling.samples_per_prompt >= 2: advantages compare samples of one prompt")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         unscorable = sorted({row["id"] for row in batch if not row.get("ground_truth") or row["domain"] not in DOMAINS})

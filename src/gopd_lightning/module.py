@@ -28,17 +28,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
 from gopd_lightning.objective import aggregate, token_advantages
-from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
-from gopd_lightning.rollout import Rollout, SamplingConfig
-from gopd_lightning.sharding import ShardingConfig
+from gopd_lightning.policy import PolicyModule, mean_of_known
+from gopd_lightning.rollout import Rollout
 
 INITIAL = "initial"
 FROZEN_PREFIXES = ("teachers.", "reference.")
@@ -53,21 +52,9 @@ class GOPDModule(PolicyModule):
         teachers: dict[str, str],
         reference: str | None = INITIAL,
         lam: float = 1.0,
-        sampling: SamplingConfig | None = None,
-        eval_sampling: SamplingConfig | None = None,
-        eval_samples: dict[str, int] | None = None,
-        eval_pass_k: list[int] | None = None,
-        update: UpdateConfig | None = None,
-        max_prompt_length: int = 2048,
-        logprob_chunk_size: int = 1024,
-        student_dtype: str = "float32",
         frozen_dtype: str = "float32",
-        optimizer: OptimizerCallable = paper_adamw,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lora: dict | None = None,
-        chat_template_kwargs: dict | None = None,
         offload_frozen: bool = False,
-        sharding: ShardingConfig | None = None,
+        **policy_options: Any,
     ) -> None:
         """
         Args:
@@ -78,42 +65,14 @@ class GOPDModule(PolicyModule):
                 path (e.g. the teacher's pre-RL base, for reward correction), or None (only with
                 lam 1).
             lam: reward scale lambda: 1 = OPD, > 1 = ExOPD (1.25 in the paper), < 1 interpolation.
-            sampling: how training rollouts are sampled.
-            eval_sampling: how validation and test responses are sampled.
-            eval_samples: domain -> samples per problem in evaluation (the paper: 32 for math,
-                4 for code); other domains use ``eval_sampling.samples_per_prompt``.
-            eval_pass_k: k values of the unbiased pass@k to report (k <= samples per problem).
-            update: how a rollout batch becomes optimiser updates.
-            max_prompt_length: longest prompt in tokens; a longer one is an error.
-            logprob_chunk_size: response positions per chunk of fp32 logits.
-            student_dtype: weights of the student.
             frozen_dtype: weights of the teachers and the reference.
-            optimizer: builds the optimiser from the student's parameters.
-            lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
-            lora: train a LoRA adapter instead of every weight (keyword arguments of
-                ``peft.LoraConfig``); the default reference is then the base with the adapter off.
-            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt
-                (e.g. ``{enable_thinking: false}``).
             offload_frozen: keep the teachers and the reference in CPU memory between uses.
-            sharding: activation checkpointing, and under FSDP2 the student's precision and how it
-                is gathered for rollouts (see ``gopd_lightning.sharding``).
+            policy_options: the student's options, as in :class:`~gopd_lightning.policy.PolicyModule`
+                (sampling, eval_sampling, eval_samples, eval_pass_k, update, max_prompt_length,
+                logprob_chunk_size, student_dtype, optimizer, lr_scheduler, lora,
+                chat_template_kwargs, sharding).
         """
-        super().__init__(
-            student,
-            sampling=sampling,
-            eval_sampling=eval_sampling,
-            eval_samples=eval_samples,
-            eval_pass_k=eval_pass_k,
-            update=update,
-            max_prompt_length=max_prompt_length,
-            logprob_chunk_size=logprob_chunk_size,
-            student_dtype=student_dtype,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            lora=lora,
-            chat_template_kwargs=chat_template_kwargs,
-            sharding=sharding,
-        )
+        super().__init__(student, **policy_options)
         if not teachers:
             raise ValueError("teachers is empty: give at least one domain -> teacher model")
         if lam != 1.0 and reference is None:
@@ -121,7 +80,6 @@ class GOPDModule(PolicyModule):
                 f"lam={lam} needs a reference model (lam == 1 is the only case where it cancels); "
                 f"set reference to {INITIAL!r} (the student's initial weights) or a model path"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.teachers: nn.ModuleDict | None = None
         self.reference: PreTrainedModel | None = None
         # tokenizers of frozen models whose chat template differs from the student's
@@ -245,6 +203,7 @@ class GOPDModule(PolicyModule):
         mask = rollout.response_mask
         lengths = rollout.response_lengths.float()
         truncated = (~_ended(rollout, self.tokenizer.eos_token_id)).float()
+        correct = self.accuracy(rollout)  # scored once: code runs in the sandbox
         groups = _domain_groups(rollout.rows)
         for name, index in groups.items():
             prefix = f"{stage}/" if name == "" else f"{stage}/{name}/"
@@ -257,9 +216,9 @@ class GOPDModule(PolicyModule):
                 "response_length_max": lengths[index].max(),
                 "truncated": truncated[index].mean(),
             }
-            accuracy = self.accuracy(rollout.select(index))
+            accuracy = mean_of_known(correct[index])
             if accuracy is not None:
-                stats["accuracy"] = accuracy.mean()
+                stats["accuracy"] = accuracy
             for key, value in stats.items():
                 show = name == "" and key in ("reverse_kl", "accuracy")
                 self.log(prefix + key, value, prog_bar=show, batch_size=len(index))

@@ -97,6 +97,8 @@ class PolicyModule(LightningModule):
                 is gathered for rollouts (see ``gopd_lightning.sharding``).
         """
         super().__init__()
+        # collects the arguments of every subclass constructor in the chain too (Lightning walks the frames)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.sharding = sharding or ShardingConfig()
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.sampling = sampling or SamplingConfig()
@@ -248,15 +250,16 @@ class PolicyModule(LightningModule):
             return mask.sum().clamp_min(1).float()
         return (mask.sum(dim=-1) > 0).sum().clamp_min(1).float()
 
-    def accuracy(self, rollout: Rollout) -> Tensor | None:
-        """Per-row correctness of the rows that carry a checkable answer (None if there are none)."""
+    def accuracy(self, rollout: Rollout) -> Tensor:
+        """Per-row correctness (1 or 0) of the rows that carry a checkable answer; NaN for the others."""
+        scores = torch.full((len(rollout.rows),), float("nan"), device=rollout.input_ids.device)
         rows = [i for i, row in enumerate(rollout.rows) if _checkable(row)]
-        if not rows:
-            return None
-        texts = self.tokenizer.batch_decode(rollout.response_ids[rows], skip_special_tokens=True)
-        picked = [rollout.rows[i] for i in rows]
-        scores = score_batch([r["domain"] for r in picked], texts, [str(r["ground_truth"]) for r in picked])
-        return torch.tensor(scores, device=rollout.input_ids.device)
+        if rows:
+            texts = self.tokenizer.batch_decode(rollout.response_ids[rows], skip_special_tokens=True)
+            picked = [rollout.rows[i] for i in rows]
+            checked = score_batch([r["domain"] for r in picked], texts, [str(r["ground_truth"]) for r in picked])
+            scores[rows] = torch.tensor(checked, device=scores.device)
+        return scores
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         self.evaluate("val", batch)
@@ -291,6 +294,12 @@ class PolicyModule(LightningModule):
         self.eval_results[stage] = results
         for key, value in results.items():
             self.log(key, value, prog_bar=key == f"{stage}/accuracy")
+
+
+def mean_of_known(scores: Tensor) -> Tensor | None:
+    """Mean of the scores that are not NaN (rows with a checkable answer); None when there are none."""
+    known = scores[~scores.isnan()]
+    return known.mean() if known.numel() else None
 
 
 def _checkable(row: Mapping) -> bool:

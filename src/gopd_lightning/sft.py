@@ -26,18 +26,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
 from gopd_lightning.module import _drop_frozen_keys, _ignore_missing_frozen_keys
 from gopd_lightning.objective import aggregate
-from gopd_lightning.policy import PolicyModule, UpdateConfig, paper_adamw
-from gopd_lightning.rollout import Rollout, SamplingConfig, encode_prompts, generate_rollout
-from gopd_lightning.sharding import ShardingConfig, unsharded_generation
+from gopd_lightning.policy import PolicyModule, UpdateConfig, mean_of_known
+from gopd_lightning.rollout import Rollout, encode_prompts, generate_rollout
+from gopd_lightning.sharding import unsharded_generation
 
 
 class SFTModule(PolicyModule):
@@ -48,64 +48,26 @@ class SFTModule(PolicyModule):
         student: str,
         teachers: dict[str, str] | None = None,
         responses: str | None = None,
-        sampling: SamplingConfig | None = None,
-        eval_sampling: SamplingConfig | None = None,
-        eval_samples: dict[str, int] | None = None,
-        eval_pass_k: list[int] | None = None,
-        update: UpdateConfig | None = None,
-        max_prompt_length: int = 2048,
-        logprob_chunk_size: int = 1024,
-        student_dtype: str = "float32",
         frozen_dtype: str = "float32",
-        optimizer: OptimizerCallable = paper_adamw,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lora: dict | None = None,
-        chat_template_kwargs: dict | None = None,
-        sharding: ShardingConfig | None = None,
+        **policy_options: Any,
     ) -> None:
         """
         Args:
             student: path, hub id or ``toy:<name>`` of the model to train.
             teachers: domain -> teacher model that writes the responses of that domain's rows.
             responses: a .jsonl file of ``{"id", "response"}``: stored responses of rows by id.
-            sampling: how the teachers sample responses (temperature 1 in the paper).
-            eval_sampling: how validation and test responses are sampled from the student.
-            eval_samples: domain -> samples per problem in evaluation.
-            eval_pass_k: k values of the unbiased pass@k to report (k <= samples per problem).
-            update: how a batch becomes optimiser updates; the default averages over all response
-                tokens of the batch ("token-mean"). Several updates per batch keep PPO's clip on
-                the probability ratio (a trust region) unless ``clip_eps`` is None.
-            max_prompt_length: longest prompt in tokens; a longer one is an error.
-            logprob_chunk_size: response positions per chunk of fp32 logits.
-            student_dtype: weights of the student.
             frozen_dtype: weights of the teachers.
-            optimizer: builds the optimiser from the student's parameters.
-            lr_scheduler: optionally builds a learning-rate scheduler from the optimiser.
-            lora: train a LoRA adapter instead of every weight (keyword arguments of ``peft.LoraConfig``).
-            chat_template_kwargs: extra arguments of ``apply_chat_template`` for every prompt.
-            sharding: activation checkpointing and FSDP2 settings (see ``gopd_lightning.sharding``).
+            policy_options: the student's options, as in :class:`~gopd_lightning.policy.PolicyModule`;
+                here ``sampling`` is how the teachers sample the responses to imitate (temperature
+                1 in the paper), and ``update`` defaults to the mean over all response tokens of
+                the batch ("token-mean").
         """
-        super().__init__(
-            student,
-            sampling=sampling,
-            eval_sampling=eval_sampling,
-            eval_samples=eval_samples,
-            eval_pass_k=eval_pass_k,
-            update=update or UpdateConfig(aggregation="token-mean"),
-            max_prompt_length=max_prompt_length,
-            logprob_chunk_size=logprob_chunk_size,
-            student_dtype=student_dtype,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            lora=lora,
-            chat_template_kwargs=chat_template_kwargs,
-            sharding=sharding,
-        )
+        policy_options.setdefault("update", UpdateConfig(aggregation="token-mean"))
+        super().__init__(student, **policy_options)
         if not teachers and not responses:
             raise ValueError(
                 "SFT needs responses to imitate: give teachers (domain -> model), a responses file, or both"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.stored_responses = read_responses(responses) if responses else {}
         self.teachers: nn.ModuleDict | None = None
         self.teacher_tokenizers: dict[str, PreTrainedTokenizerBase] = {}
@@ -144,9 +106,9 @@ class SFTModule(PolicyModule):
             "entropy": aggregate(entropy, mask, "token-mean"),
             "response_length": rollout.response_lengths.float().mean(),
         }
-        accuracy = self.accuracy(rollout)
+        accuracy = mean_of_known(self.accuracy(rollout))
         if accuracy is not None:
-            stats["accuracy"] = accuracy.mean()  # of the imitated responses
+            stats["accuracy"] = accuracy  # of the imitated responses
         for key, value in stats.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=len(batch), sync_dist=True)
         return stats["loss"]

@@ -25,9 +25,11 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,19 +146,47 @@ def toy_model_path(name: str, recipe: ToyRecipe | None = None) -> Path:
 def prepare_toy_world(
     recipe: ToyRecipe | None = None, names: Iterable[str] = DEFAULT_MODELS, force: bool = False
 ) -> dict[str, Path]:
-    """Build (or re-use) the toy models ``names``; ``force`` rebuilds them and their parents."""
+    """Build (or re-use) the toy models ``names``; ``force`` rebuilds them and their parents.
+
+    Models that share no ancestor (e.g. ``base`` and ``big-base`` with what is trained from them) are
+    built in parallel processes, one CPU core each.
+    """
     recipe = recipe or ToyRecipe()
     names = list(names)
     lineages = dict.fromkeys(model for name in names for model in recipe.lineage(name))  # parents first
+    trees: dict[str, list[str]] = {}  # from-scratch model -> the models built on it, parents first
+    for model in lineages:
+        trees.setdefault(recipe.lineage(model)[0], []).append(model)
+    pending = [tree for tree in trees.values() if force or not all(_is_ready(m, recipe) for m in tree)]
+    workers = min(len(pending), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_prepare_tree, [recipe] * len(pending), pending, [force] * len(pending)))
+        force = False  # built: what follows only collects the folders
     paths = {model: prepare_toy_model(model, recipe, force=force) for model in lineages}
     return {name: paths[name] for name in names}
+
+
+def _prepare_tree(recipe: ToyRecipe, models: list[str], force: bool) -> None:
+    """Build ``models`` (parents first) in a worker process."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for model in models:
+        prepare_toy_model(model, recipe, force=force)
+
+
+def _model_folder(name: str, recipe: ToyRecipe) -> Path:
+    return toy_home() / f"{name}-{recipe.digest(name)}"
+
+
+def _is_ready(name: str, recipe: ToyRecipe) -> bool:
+    return (_model_folder(name, recipe) / READY).exists()
 
 
 def prepare_toy_model(name: str, recipe: ToyRecipe, force: bool = False) -> Path:
     """Build (or re-use) toy model ``name`` and return its folder; missing parents are built first."""
     model_recipe = recipe.recipe(name)
     parent = None if model_recipe.parent is None else prepare_toy_model(model_recipe.parent, recipe)
-    folder = toy_home() / f"{name}-{recipe.digest(name)}"
+    folder = _model_folder(name, recipe)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if (folder / READY).exists() and not force:
