@@ -14,6 +14,7 @@ from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingCon
 from gopd_lightning.cli import main
 from gopd_lightning.expo import expo, extrapolate_weights, load_model
 from gopd_lightning.toy.tokenizer import build_tokenizer
+from test_module import make_trainer
 
 
 def weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -48,9 +49,7 @@ def test_a_lightning_checkpoint_is_read_as_its_student(tiny_models: dict[str, st
         max_prompt_length=64,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
     )
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+    trainer = make_trainer(steps=1)
     pl.seed_everything(0)
     trainer.fit(module, datamodule=PromptDataModule(train=[DataSource("toy:math", limit=4)], batch_size=4))
     checkpoint = tmp_path / "last.ckpt"

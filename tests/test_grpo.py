@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from gopd_lightning import DataSource, PromptDataModule, SamplingConfig, UpdateConfig
 from gopd_lightning.grpo import GRPOModule
 from gopd_lightning.objective import group_normalized_advantages
+from test_module import make_trainer
 
 
 def test_group_normalisation_by_hand() -> None:
@@ -52,14 +52,7 @@ def test_training_step_uses_group_normalised_verifier_rewards(tiny_models: dict[
 
     module.accuracy, module.optimise = spy_accuracy, spy_optimise
     data = PromptDataModule(train=[DataSource("toy:math", limit=8)], batch_size=4)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(steps=2)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2  # one rollout, two PPO updates
     expected = group_normalized_advantages(seen["rewards"], 4)
@@ -74,13 +67,6 @@ def test_rows_without_answers_are_rejected(tiny_models: dict[str, str], tmp_path
         '{"id": "x", "domain": "math", "prompt": [{"role": "user", "content": "hi"}], "ground_truth": ""}\n'
     )
     module = GRPOModule(tiny_models["student"], sampling=SamplingConfig(max_new_tokens=4, samples_per_prompt=2))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(steps=1)
     with pytest.raises(ValueError, match=r"GRPO needs rows with a ground_truth.*\['x'\]"):
         trainer.fit(module, datamodule=PromptDataModule(train=[DataSource(str(path))], batch_size=1))

@@ -17,18 +17,11 @@ from gopd_lightning.objective import token_advantages
 from gopd_lightning.rollout import encode_prompts, generate_rollout, response_logprobs
 from gopd_lightning.toy.tasks import toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
+from test_module import make_module
 
 
 def built(models: dict[str, str], **overrides) -> GOPDModule:
-    kwargs = dict(
-        student=models["student"],
-        teachers={"math": models["teacher"]},
-        lam=1.25,
-        sampling=SamplingConfig(max_new_tokens=6),
-        max_prompt_length=64,
-    )
-    kwargs.update(overrides)
-    module = GOPDModule(**kwargs)
+    module = make_module(models, **overrides)
     module.configure_model()
     return module
 

@@ -6,7 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -17,6 +16,7 @@ from gopd_lightning.objective import aggregate
 from gopd_lightning.rollout import generate_rollout, response_logprobs
 from gopd_lightning.sft import SFTModule, read_responses, responses_rollout
 from gopd_lightning.toy.tasks import problems, toy_rows
+from test_module import make_trainer
 
 CONFIG = Path(__file__).parents[1] / "configs" / "toy" / "sft.yaml"
 
@@ -33,19 +33,6 @@ def make_sft(models: dict[str, str], **overrides) -> SFTModule:
     )
     kwargs.update(overrides)
     return SFTModule(**kwargs)
-
-
-def make_trainer(steps: int = 1) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
 
 
 def gold_rows(n: int) -> list[dict]:
@@ -89,7 +76,7 @@ def test_one_step_is_exactly_a_cross_entropy_gradient_step(tiny_models: dict[str
         def train_dataloader(self) -> DataLoader:
             return DataLoader(rows, batch_size=len(rows), collate_fn=list)
 
-    trainer = make_trainer()
+    trainer = make_trainer(steps=1)
     trainer.fit(module, datamodule=Rows())
     assert torch.isclose(trainer.callback_metrics["train/loss"], cross_entropy.detach(), atol=1e-6)
     assert trainer.callback_metrics["train/accuracy"] == 1.0  # the stored gold responses are right

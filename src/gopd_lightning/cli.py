@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
@@ -116,6 +117,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         TOOLS[argv[0]](argv[1:])
         return
     build_cli(argv)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """After a successful run, tear the process group down on every rank together.
+
+    Exiting with a live gloo group can abort the process (``terminate called without an active
+    exception``) while another rank still talks to it, turning a finished run into exit code -6.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
