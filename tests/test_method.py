@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import save_tiny_model
-from gopd_lightning import GOPDModule, SamplingConfig
+from gopd_lightning import GOPDModule, SamplingConfig, policy
 from gopd_lightning.data import DataSource, PromptDataModule
 from gopd_lightning.data.datamodule import prompt_lengths
 from gopd_lightning.models import load_causal_lm, load_tokenizer
@@ -160,3 +160,27 @@ def test_chat_template_kwargs_reach_every_rendered_prompt(tmp_path: Path) -> Non
         data.setup("fit")
         kept[name] = len(data.datasets["train"])
     assert kept == {"plain": 20, "off": plain.count(min(plain))} and kept["off"] < 20
+
+
+def test_training_accuracy_scores_each_row_once_and_skips_rows_without_answers(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = tiny_models["teacher"]
+    module = built(tiny_models, lam=1.0, teachers={"math": teacher, "code": teacher})
+    unanswered = {**toy_rows("math", 3)[2], "id": "no-answer", "ground_truth": ""}
+    rows = toy_rows("math", 2) + toy_rows("code", 2) + [unanswered]
+    rollout = generate_rollout(module.student, module.tokenizer, rows, module.sampling)
+    scored: list[list[str]] = []
+
+    def fake_score_batch(domains: list[str], texts: list[str], truths: list[str]) -> list[float]:
+        scored.append(list(domains))
+        return [1.0 if domain == "code" else 0.0 for domain in domains]
+
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(policy, "score_batch", fake_score_batch)
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, float(value)))
+    zeros = torch.zeros(rollout.response_ids.shape)
+    module.log_rollout("train", rollout, zeros, zeros, zeros, zeros)
+    assert scored == [["math", "math", "code", "code"]]  # one sandbox/math-verify pass per step
+    assert logged["train/code/accuracy"] == 1.0 and logged["train/math/accuracy"] == 0.0  # math: 0 of 2 answered
+    assert logged["train/accuracy"] == 0.5  # the row without an answer counts nowhere
