@@ -214,7 +214,9 @@ def test_weighted_training_sources_are_mixed_by_weight(tmp_path: Path) -> None:
         DataSource("toy:math", weight=0)
 
 
-def test_prompts_longer_than_the_limit_are_dropped_and_counted(tmp_path: Path, caplog) -> None:
+def test_training_prompts_longer_than_the_limit_are_dropped_and_counted_evaluation_sets_stay_whole(
+    tmp_path: Path, caplog
+) -> None:
     build_tokenizer().save_pretrained(tmp_path / "tokenizer")
     lengths = {"short": 5, "edge": 40, "long": 41, "longer": 300}
     rows = [{**GOOD, "id": name, "prompt": [{"role": "user", "content": "x" * n}]} for name, n in lengths.items()]
@@ -229,9 +231,10 @@ def test_prompts_longer_than_the_limit_are_dropped_and_counted(tmp_path: Path, c
     )
     with caplog.at_level(logging.INFO, logger="gopd_lightning.data.datamodule"):
         data.setup("fit")
-    assert data.datasets["train"]["id"] == data.datasets["val"]["id"] == ["short", "edge"]
-    for split in ("train", "val"):
-        assert f"{split}: dropped 2 of 4 prompts longer than max_prompt_length={40 + overhead} tokens" in caplog.text
+    assert data.datasets["train"]["id"] == ["short", "edge"]
+    assert f"train: dropped 2 of 4 prompts longer than max_prompt_length={40 + overhead} tokens" in caplog.text
+    assert data.datasets["val"]["id"] == list(lengths)  # a benchmark is scored whole
+    assert "val: dropped" not in caplog.text
     without_tokenizer = PromptDataModule(train=[DataSource(path)], max_prompt_length=10)
     without_tokenizer.setup("fit")
     assert len(without_tokenizer.datasets["train"]) == 4
@@ -251,3 +254,21 @@ def test_domain_filter_keeps_only_the_named_domains(tmp_path: Path) -> None:
     data = PromptDataModule(train=[DataSource(path, domains=["code"])])
     data.setup("fit")
     assert [row["id"] for row in data.datasets["train"]] == ["b"]
+
+
+@pytest.mark.parametrize(("problems", "world", "batch"), [(5, 2, 2), (30, 8, 256), (7, 3, 2), (2, 4, 1)])
+def test_evaluation_counts_every_problem_once_on_any_number_of_ranks(problems: int, world: int, batch: int) -> None:
+    from torch.utils.data import DataLoader
+
+    from gopd_lightning.data.datamodule import EvalSampler, WithPadding
+
+    dataset = datasets.Dataset.from_list([{**GOOD, "id": str(i)} for i in range(problems)])
+    batches = []
+    for rank in range(world):
+        loader = DataLoader(
+            WithPadding(dataset), batch_size=batch, sampler=EvalSampler(dataset, world, rank), collate_fn=list
+        )
+        batches.append(list(loader))
+    assert len({len(rank_batches) for rank_batches in batches}) == 1  # every rank runs as many steps
+    scored = [row["id"] for rank_batches in batches for b in rank_batches for row in b if not row.get("padding")]
+    assert sorted(scored, key=int) == [str(i) for i in range(problems)]

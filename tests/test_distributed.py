@@ -46,7 +46,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     config = AutoConfig.from_pretrained(student)
     config.tie_word_embeddings = True
     AutoModelForCausalLM.from_pretrained(student, config=config).save_pretrained(student)
-    return {"student": student, "teacher": save_tiny_model(root / "teacher", seed=1)}
+    return {
+        "student": student,
+        "teacher": save_tiny_model(root / "teacher", seed=1),
+        "teacher_code": save_tiny_model(root / "teacher-code", seed=2, arch="llama"),  # another shape
+    }
 
 
 def fit(run: Path, setup: str, models: dict[str, str], *overrides: str) -> Path:
@@ -78,11 +82,6 @@ def fit(run: Path, setup: str, models: dict[str, str], *overrides: str) -> Path:
     return run
 
 
-def losses(run: Path) -> dict[int, float]:
-    rows = csv.DictReader((run / "metrics.csv").open())
-    return {int(row["step"]): float(row["train/loss"]) for row in rows if row["train/loss"]}
-
-
 def assert_same_student(a: Path, b: Path) -> None:
     """The students of two checkpoints (files or distributed folders) agree within TOLERANCE."""
     first, second = (load_student(path).student.state_dict() for path in (a, b))
@@ -91,9 +90,10 @@ def assert_same_student(a: Path, b: Path) -> None:
         torch.testing.assert_close(first[key], second[key], atol=TOLERANCE, rtol=0, msg=key)
 
 
-GREEDY_VALIDATION = [  # validation before fit on 8 problems, split between the processes
+GREEDY_VALIDATION = [  # validation before fit on 7 problems, 2 a batch: 4 and 3 on 2 processes
     "--validate_before_fit=true",
-    '--data.val=[{path: "toy:math", split: val, limit: 8}]',
+    '--data.val=[{path: "toy:math", split: val, limit: 7}]',
+    "--data.eval_batch_size=2",
     "--model.eval_sampling.temperature=0",
     "--model.eval_samples={math: 2}",
     "--model.eval_pass_k=[1, 2]",
@@ -114,20 +114,71 @@ def runs(models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.mark.parametrize("setup", ["ddp", "fsdp"])
 def test_validation_across_processes_reports_what_one_process_does(runs: dict[str, Path], setup: str) -> None:
     single, distributed = (json.loads((runs[s] / "results-val.json").read_text()) for s in ("single", setup))
-    assert single["results"]["all"]["problems"] == 8 and single["results"]["all"]["response_length"] > 0
+    assert single["results"]["all"]["problems"] == distributed["results"]["all"]["problems"] == 7  # each once
+    assert single["results"]["all"]["response_length"] > 0
     assert distributed["results"].keys() == single["results"].keys()
     for group, row in single["results"].items():
         assert distributed["results"][group] == pytest.approx(row), group
 
 
+ROLLOUT_STATISTICS = [
+    "train/reverse_kl",
+    "train/entropy",
+    "train/advantage",
+    "train/response_length",
+    "train/response_length_max",
+    "train/truncated",
+]
+
+
+def logged(run: Path, key: str) -> dict[int, float]:
+    rows = csv.DictReader((run / "metrics.csv").open())
+    return {int(row["step"]): float(row[key]) for row in rows if row.get(key)}
+
+
+def assert_same_training(single: Path, distributed: Path, keys: list[str]) -> None:
+    """Losses, rollout statistics (over all ranks, not rank 0's) and trained students agree."""
+    for key in ["train/loss", *keys]:
+        one, two = logged(single, key), logged(distributed, key)
+        assert sorted(one) == sorted(two) == [0, 1, 2], key
+        assert two == pytest.approx(one, abs=TOLERANCE), key
+    assert_same_student(single / "checkpoints" / "last.ckpt", distributed / "checkpoints" / "last.ckpt")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", ["ddp", "fsdp"])
 def test_two_processes_reach_the_single_process_loss(runs: dict[str, Path], setup: str) -> None:
-    single, distributed = losses(runs["single"]), losses(runs[setup])
-    assert sorted(single) == sorted(distributed) == [0, 1, 2]
-    for step, loss in single.items():
-        assert distributed[step] == pytest.approx(loss, abs=TOLERANCE), step
-    assert_same_student(runs["single"] / "checkpoints" / "last.ckpt", runs[setup] / "checkpoints" / "last.ckpt")
+    assert_same_training(runs["single"], runs[setup], ROLLOUT_STATISTICS)
+
+
+MULTI_TEACHER = [  # math and code rows, one per process and step: the ranks often hold different domains
+    '--data.train=[{path: "toy:math", limit: 16}, {path: "toy:code", limit: 16}]',
+    "--model.sampling.temperature=0",
+    "--trainer.max_steps=3",
+]
+
+
+def ranks_hold_different_domains() -> bool:
+    """Whether, in the runs below, some step gives the two processes rows of different domains."""
+    from gopd_lightning.data.datamodule import ResumableSampler
+
+    domains = ["math"] * 16 + ["code"] * 16
+    orders = [list(ResumableSampler(domains, num_replicas=2, rank=rank, seed=0)) for rank in range(2)]
+    return any(domains[a] != domains[b] for a, b in zip(orders[0][:3], orders[1][:3], strict=True))
+
+
+@pytest.mark.slow
+def test_fsdp_with_a_teacher_per_domain_matches_one_process_when_ranks_hold_different_domains(
+    models: dict[str, str], tmp_path: Path
+) -> None:
+    assert ranks_hold_different_domains()
+    teachers = f'--model.teachers={{"math": "{models["teacher"]}", "code": "{models["teacher_code"]}"}}'
+    single = fit(tmp_path / "single", "single", models, teachers, *MULTI_TEACHER, "--data.batch_size=2")
+    sharded = fit(tmp_path / "fsdp", "fsdp", models, teachers, *MULTI_TEACHER, "--data.batch_size=1")
+    per_domain = [f"train/{domain}/{key}" for domain in ("math", "code") for key in ("reverse_kl", "response_length")]
+    assert_same_training(single, sharded, ROLLOUT_STATISTICS)
+    for key in per_domain:  # logged on every step that some rank had the domain, the same on both
+        assert logged(sharded, key) == pytest.approx(logged(single, key), abs=TOLERANCE), key
 
 
 @pytest.mark.slow
@@ -155,9 +206,9 @@ def test_resume_continues_the_interrupted_run(models: dict[str, str], tmp_path: 
     straight = fit(tmp_path / "straight", "fsdp", models, *sampled, f"--trainer.callbacks+={every_2}")
     step_2 = straight / "checkpoints" / "epoch=0-step=2.ckpt"  # what a run interrupted in step 3 leaves
     resumed = fit(tmp_path / "resumed", "fsdp", models, *sampled, f"--ckpt_path={step_2}")
-    assert sorted(losses(resumed)) == [2, 3]
-    for step, loss in losses(resumed).items():
-        assert loss == pytest.approx(losses(straight)[step], abs=TOLERANCE), step
+    assert sorted(logged(resumed, "train/loss")) == [2, 3]
+    for step, loss in logged(resumed, "train/loss").items():
+        assert loss == pytest.approx(logged(straight, "train/loss")[step], abs=TOLERANCE), step
     assert_same_student(straight / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
 
 
@@ -190,7 +241,7 @@ def test_activation_checkpointing_keeps_the_kv_cache_and_the_gradients(tiny_mode
     for model, forwards in ((plain, 1), (checkpointed, 2)):  # checkpointed: again in the backward pass
         calls = []
         hook = decoder_layers(model)[0].self_attn.register_forward_hook(lambda *_, calls=calls: calls.append(1))
-        logp, _ = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
+        logp, _, _ = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
         logp.sum().backward()
         hook.remove()
         assert len(calls) == forwards

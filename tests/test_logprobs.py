@@ -18,7 +18,7 @@ def naive(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, to
 def test_chunked_logits_equal_naive(chunk_size: int, dtype: torch.dtype) -> None:
     logits = (torch.randn(3, 10, 50) * 3).to(dtype)
     targets = torch.randint(0, 50, (3, 10))
-    logp, entropy = logprobs_from_logits(logits, targets, chunk_size)
+    logp, entropy, _ = logprobs_from_logits(logits, targets, chunk_size)
     expected_logp, expected_entropy = naive(logits, targets)
     assert logp.dtype == torch.float32 and entropy.dtype == torch.float32
     assert torch.allclose(logp, expected_logp, atol=1e-5)
@@ -29,7 +29,7 @@ def test_hidden_path_equals_naive_in_value_and_gradient() -> None:
     head = torch.nn.Linear(16, 40, bias=False)
     hidden = torch.randn(2, 9, 16, requires_grad=True)
     targets = torch.randint(0, 40, (2, 9))
-    logp, entropy = logprobs_from_hidden(hidden, head, targets, chunk_size=4)
+    logp, entropy, _ = logprobs_from_hidden(hidden, head, targets, chunk_size=4)
     expected_logp, expected_entropy = naive(head(hidden), targets)
     assert torch.allclose(logp, expected_logp, atol=1e-5)
     assert torch.allclose(entropy, expected_entropy, atol=1e-5)

@@ -45,7 +45,7 @@ def test_each_rows_advantage_uses_its_own_domains_teacher(tiny_models: dict[str,
     torch.manual_seed(0)
     rollout = generate_rollout(module.student, module.tokenizer, rows, module.sampling)
     teacher_logp, ref_logp = module.score_frozen(rollout)
-    student_logp, _ = module.student_logprobs(rollout)
+    student_logp, _, _ = module.student_logprobs(rollout)
     advantages = token_advantages(student_logp, teacher_logp, ref_logp, 1.25)
     mask = rollout.response_mask
     for rows_of, path in (([0, 1], tiny_models["teacher"]), ([2, 3], tiny_models["teacher_llama"])):
@@ -61,7 +61,7 @@ def test_reward_correction_changes_the_advantage_exactly_as_the_formula_says(tin
     corrected = built(tiny_models, lam=lam, reference=tiny_models["reference"])  # the teacher's pre-RL base
     torch.manual_seed(0)
     rollout = generate_rollout(default.student, default.tokenizer, toy_rows("math", 4), default.sampling)
-    student_logp, _ = default.student_logprobs(rollout)
+    student_logp, _, _ = default.student_logprobs(rollout)
     teacher, ref_default = default.score_frozen(rollout)
     teacher_again, ref_base = corrected.score_frozen(rollout)
     assert torch.equal(teacher, teacher_again)
@@ -85,7 +85,7 @@ def test_lora_reference_is_the_base_model_with_the_adapter_disabled(tiny_models:
     torch.manual_seed(0)
     rollout = generate_rollout(module.student, module.tokenizer, toy_rows("math", 3), module.sampling)
     _, ref_logp = module.score_frozen(rollout)
-    student_logp, _ = module.student_logprobs(rollout)
+    student_logp, _, _ = module.student_logprobs(rollout)
     base = direct_logprobs(tiny_models["student"], rollout)
     mask = rollout.response_mask
     assert torch.allclose(ref_logp[mask], base[mask], atol=1e-4)
@@ -116,10 +116,10 @@ def test_padded_embeddings_are_sliced_to_the_shared_vocabulary(tiny_models: dict
     torch.manual_seed(0)
     rollout = generate_rollout(module.student, module.tokenizer, toy_rows("math", 8), SamplingConfig(max_new_tokens=8))
     assert int(rollout.response_ids.max()) < len(module.tokenizer)  # padded ids are never sampled
-    student_logp, _ = module.student_logprobs(rollout)
+    student_logp, _, _ = module.student_logprobs(rollout)
     mask = rollout.response_mask
     assert torch.allclose(student_logp[mask], direct_logprobs(padded, rollout)[mask], atol=1e-4)
-    full, _ = response_logprobs(
+    full, _, _ = response_logprobs(
         module.student, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
     )
     assert not torch.allclose(full[mask], student_logp[mask], atol=1e-4)  # the slice matters
@@ -180,7 +180,7 @@ def test_training_accuracy_scores_each_row_once_and_skips_rows_without_answers(
     monkeypatch.setattr(policy, "score_batch", fake_score_batch)
     monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, float(value)))
     zeros = torch.zeros(rollout.response_ids.shape)
-    module.log_rollout("train", rollout, zeros, zeros, zeros, zeros)
+    module.log_step_stats("train", rollout, {"entropy": zeros}, {"accuracy": module.accuracy(rollout)})
     assert scored == [["math", "math", "code", "code"]]  # one sandbox/math-verify pass per step
     assert logged["train/code/accuracy"] == 1.0 and logged["train/math/accuracy"] == 0.0  # math: 0 of 2 answered
     assert logged["train/accuracy"] == 0.5  # the row without an answer counts nowhere

@@ -167,7 +167,7 @@ def test_each_row_is_scored_by_its_domains_teacher(tiny_models: dict[str, str]) 
     rollout = generate_rollout(module.student, module.tokenizer, rows, module.sampling)
     teacher_logp, ref_logp = module.score_frozen(rollout)
     for domain in ("math", "code"):
-        direct, _ = response_logprobs(
+        direct, _, _ = response_logprobs(
             module.teachers[domain], rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
         )
         rows_of = [i for i, row in enumerate(rows) if row["domain"] == domain]

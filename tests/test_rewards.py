@@ -68,3 +68,31 @@ def test_a_hung_check_is_killed_and_scored_zero() -> None:
     assert run_all(time.sleep, [(60,), (0,)], timeout_s=2) == [0.0, 0.0]  # sleep returns None -> failure too
     assert time.monotonic() - started < 30
     assert run_all(abs, [(-1.0,)], timeout_s=10) == [1.0]  # the pool recovers after the kill
+
+
+UNGUARDED = """
+from pathlib import Path
+with Path({log!r}).open("a") as log:
+    log.write("ran\\n")
+from gopd_lightning.rewards import score_batch
+print("scores", score_batch(["math"], ["\\\\boxed{{x^2}}"], ["x*x"]))
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_scoring_never_runs_the_users_code_again(how: str, tmp_path) -> None:  # noqa: ANN001
+    """An unguarded script (no ``if __name__ == "__main__"``) and ``python -`` score symbolic answers."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "runs.log"
+    code = UNGUARDED.format(log=str(log))
+    script = tmp_path / "user_script.py"
+    script.write_text(code)
+    args = [sys.executable, str(script)] if how == "script" else [sys.executable, "-"]
+    done = subprocess.run(
+        args, input=None if how == "script" else code, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scores [1.0]" in done.stdout  # a symbolic answer: checked by math-verify in a worker
+    assert log.read_text() == "ran\n"  # the user's code ran once: in the user's process only

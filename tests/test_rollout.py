@@ -74,7 +74,7 @@ def test_scored_logprobs_equal_the_sampling_distribution(tiny_models: dict[str, 
     response = out.sequences[:, prompts["input_ids"].shape[1] :]
     mask = response_mask_after_eos(response, [tokenizer.eos_token_id])
     attention = torch.cat([prompts["attention_mask"], mask.long()], dim=1)
-    logp, entropy = response_logprobs(model, out.sequences, attention, response.shape[1], chunk_size=4)
+    logp, entropy, _ = response_logprobs(model, out.sequences, attention, response.shape[1], chunk_size=4)
     assert torch.allclose(logp[mask], sampled_logp[mask], atol=1e-4)
     assert torch.all(entropy[mask] > 0)
 

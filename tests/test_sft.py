@@ -65,7 +65,7 @@ def test_one_step_is_exactly_a_cross_entropy_gradient_step(tiny_models: dict[str
     module.configure_model()
     rollout = module.imitation_rollout(rows)
     expected = copy.deepcopy(module.student)
-    logp, _ = response_logprobs(expected, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
+    logp, _, _ = response_logprobs(expected, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
     cross_entropy = -aggregate(logp, rollout.response_mask, "token-mean")
     cross_entropy.backward()
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_errors_name_the_problem(tiny_models: dict[str, str], tmp_path: Path) ->
         make_sft(tiny_models, teachers=None)
     module = make_sft(tiny_models)
     module.configure_model()
-    with pytest.raises(ValueError, match="rows of domain 'code' have no stored response and no teacher"):
+    with pytest.raises(ValueError, match=r"rows of domain\(s\) \['code'\] have no stored response and no teacher"):
         module.imitation_rollout(toy_rows("code", 1))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "response": "ok"}\n{"id": "2"}\n')
@@ -152,3 +152,21 @@ def test_toy_config_builds_an_sft_module(tmp_path: Path) -> None:
     assert isinstance(cli.model, SFTModule) and cli.model.teachers is None
     assert cli.model.hparams.teachers == {"math": "toy:teacher-math"}
     assert cli.model.hparams.student == "toy:base"
+
+
+def test_several_updates_are_plain_cross_entropy_without_a_ppo_ratio(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_step import spy_on_losses
+
+    calls = spy_on_losses(monkeypatch)
+    rows = gold_rows(4)
+    module = make_sft(tiny_models, update=UpdateConfig(aggregation="token-mean", updates_per_rollout=2))
+
+    class Rows(PromptDataModule):
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(rows, batch_size=len(rows), collate_fn=list)
+
+    make_trainer(steps=2).fit(module, datamodule=Rows())
+    assert len(calls) == 2
+    assert all(call["old_logp"] is None and call["clip_eps"] is None for call in calls)

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from gopd_lightning.cli import main
 from gopd_lightning.models import load_causal_lm, load_tokenizer
 from gopd_lightning.rewards import score, score_batch
-from gopd_lightning.rollout import SamplingConfig, generate_rollout
+from gopd_lightning.toy.quality import MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS, held_out_accuracy
 from gopd_lightning.toy.tasks import TASK_FAMILIES, problems, toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
 from gopd_lightning.toy.world import (
@@ -25,7 +25,6 @@ from gopd_lightning.toy.world import (
     toy_model_path,
 )
 
-MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS = 64, 40  # what the toy configs allow
 QUESTION = re.compile(r"Write Python f\(x\) with f\(0\)=(\d+), f\(1\)=(\d+)\.")
 
 
@@ -163,24 +162,20 @@ def accuracy(toy_models: dict[str, Path]):  # noqa: ANN201 - a cached lookup
 
     def measure(model: str, domain: str) -> float:
         if (model, domain) not in cache:
-            rows = toy_rows(domain, 256 if domain == "math" else 128, seed=9, split="val")
             path = str(toy_models[model])
-            tokenizer, policy = load_tokenizer(path), load_causal_lm(path)
-            torch.manual_seed(0)
-            rollout = generate_rollout(policy, tokenizer, rows, SamplingConfig(max_new_tokens=MAX_RESPONSE_TOKENS))
-            texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-            scores = score_batch([domain] * len(rows), texts, [row["ground_truth"] for row in rows])
-            cache[model, domain] = sum(scores) / len(scores)
+            cache[model, domain] = held_out_accuracy(load_causal_lm(path), load_tokenizer(path), domain)
         return cache[model, domain]
 
     return measure
 
 
-@pytest.mark.parametrize("domain", ["math", "code"])
-def test_base_is_weak_and_each_teacher_clearly_better_on_its_domain(accuracy, domain: str) -> None:  # noqa: ANN001
+# base on math stops at 30% of its own held-out set; on code it sits on the plateau (about 10-17%
+# over seeds) before its learning onset; the experts train long past theirs (spread: the README)
+@pytest.mark.parametrize(("domain", "lowest"), [("math", 0.15), ("code", 0.05)])
+def test_base_is_weak_and_each_teacher_clearly_better_on_its_domain(accuracy, domain: str, lowest: float) -> None:  # noqa: ANN001
     base, teacher = accuracy("base", domain), accuracy(f"teacher-{domain}", domain)
-    assert 0.15 <= base <= 0.6, base
-    assert teacher >= base + 0.3, (base, teacher)
+    assert lowest <= base <= 0.5, base
+    assert teacher >= base + 0.4, (base, teacher)
 
 
 def test_big_base_beats_base_and_big_teacher_beats_big_base(accuracy) -> None:  # noqa: ANN001

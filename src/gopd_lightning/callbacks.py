@@ -7,6 +7,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+from gopd_lightning.checkpointing import NonFiniteError
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -16,6 +19,13 @@ class RunCheckpoint(ModelCheckpoint):
     after the last ``every_n_train_steps`` multiple would be lost; this one always saves the final
     student (and optimiser) state, which ``--ckpt_path`` resumes from.
     """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Save on an exception (``save_on_exception``), except a non-finite step: the last checkpoint is kept."""
+        if isinstance(exception, NonFiniteError):
+            rank_zero_warn(f"not saving a checkpoint after the error ({exception}); the last one is kept")
+            return
+        super().on_exception(trainer, pl_module, exception)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

@@ -11,11 +11,13 @@ stamps a run directory once per launch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -48,6 +50,38 @@ class GOPDCLI(LightningCLI):
             help="Run validation once before training, so the metrics start at the initial student.",
         )
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 - LightningCLI's signature
+        """Parse; with ``--ckpt_path``, the checkpoint's model hyperparameters become the defaults.
+
+        Lightning 2.6 applies them *over* the parsed config (Lightning-AI/pytorch-lightning#20801),
+        silently undoing the command line and later configs. Here they are parser defaults: what
+        the configs and the command line say wins, and every value that differs from the
+        checkpoint is printed.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        hparams = checkpoint_hparams(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if not hparams:
+            return
+        class_path = hparams.pop("_class_path", None)
+        hparams.pop("_instantiator", None)
+        model = self.config[subcommand].model
+        if class_path is not None and model is not None and model.class_path != class_path:
+            raise ValueError(
+                f"--ckpt_path holds a {class_path} but the config builds a {model.class_path}; "
+                "use the experiment config the checkpoint was trained with"
+            )
+        subparser = parser._subcommands_action._name_parser_map[subcommand]
+        subparser.set_defaults({"model": {"class_path": model.class_path, "init_args": hparams}})
+        super().parse_arguments(parser, args)
+        given = self.config[subcommand].model.init_args.as_dict()
+        changed = [key for key in sorted(hparams) if key in given and _plain(given[key]) != _plain(hparams[key])]
+        for key in changed:
+            rank_zero_info(f"model.{key}: {_plain(hparams[key])!r} in the checkpoint -> {_plain(given[key])!r} now")
+
+    def _parse_ckpt_path(self) -> None:
+        """Done in :meth:`parse_arguments` (checkpoint hyperparameters as defaults, not overrides)."""
+
     def before_instantiate_classes(self) -> None:
         """Make ``trainer.default_root_dir`` the run directory: every logger writes into it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -59,10 +93,12 @@ class GOPDCLI(LightningCLI):
                 init_args.save_dir = root
 
     def before_fit(self) -> None:
+        """Validate the student training starts from: the initial one, or the checkpoint a resume continues."""
         self.initial_metrics = {}
         if self.config.fit.validate_before_fit and self.datamodule.sources["val"]:
-            rank_zero_info("Validating the initial student before training")
-            results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            ckpt_path = self.config.fit.ckpt_path
+            rank_zero_info(f"Validating {'the checkpoint ' + ckpt_path if ckpt_path else 'the initial student'}")
+            results = self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
             self.initial_metrics = results[0] if results else {}
 
     def after_fit(self) -> None:
@@ -78,6 +114,27 @@ class GOPDCLI(LightningCLI):
             start = f"{before:.4f} -> " if before is not None else ""
             lines.append(f"  {key}: {start}{final[key]:.4f}")
         rank_zero_info("\n".join(lines))
+
+
+def checkpoint_hparams(ckpt_path: str | None) -> dict | None:
+    """The model hyperparameters a checkpoint file (or a distributed checkpoint folder's ``meta.pt``) holds."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "meta.pt"
+    if not path.is_file():
+        return None
+    return dict(torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+
+
+def _plain(value: object) -> object:
+    """A config value without its dataclass or Namespace wrapper, for comparing and printing."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    return value
 
 
 def _toy_command(argv: Sequence[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from gopd_lightning.objective import aggregate, group_normalized_advantages
+from gopd_lightning.objective import group_normalized_advantages
 from gopd_lightning.policy import PolicyModule
 from gopd_lightning.rewards import DOMAINS
 
@@ -49,16 +49,14 @@ class GRPOModule(PolicyModule):
             return sequence_advantages[rows.to(rewards.device)].unsqueeze(1).expand_as(student_logp)
 
         loss, _, entropy, _ = self.optimise(rollout, advantage_fn)
-        groups = rewards.view(-1, self.sampling.samples_per_prompt)
-        stats = {
-            "loss": loss,
-            "reward": rewards.mean(),
-            "accuracy": rewards.mean(),
-            "solved_groups": (groups.max(dim=1).values > 0).float().mean(),
-            "uniform_groups": (groups.max(dim=1).values == groups.min(dim=1).values).float().mean(),
-            "entropy": aggregate(entropy, rollout.response_mask, "token-mean"),
-            "response_length": rollout.response_lengths.float().mean(),
+        n = self.sampling.samples_per_prompt
+        groups = rewards.view(-1, n)
+        per_row = {  # a group's statistics repeated on its rows: the row mean is the group mean
+            "reward": rewards,
+            "accuracy": rewards,
+            "solved_groups": (groups.max(dim=1).values > 0).double().repeat_interleave(n),
+            "uniform_groups": (groups.max(dim=1).values == groups.min(dim=1).values).double().repeat_interleave(n),
         }
-        for key, value in stats.items():
-            self.log(f"train/{key}", value, prog_bar=key in ("loss", "reward"), batch_size=len(batch))
+        self.log_step_stats("train", rollout, {"entropy": entropy}, per_row, prog_bar=("reward",))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
         return loss

@@ -9,33 +9,54 @@ pass (activation checkpointing), so only [batch, chunk, vocab] logits live at an
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+Warp = Callable[[Tensor], Tensor]
 
-def _chunk_stats(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+
+class TokenScores(NamedTuple):
+    """Per-token scores [batch, time] of given tokens, all fp32."""
+
+    logp: Tensor
+    """Log-prob under the model (with grad when the inputs have it)."""
+    entropy: Tensor
+    """Entropy of the model's distribution (detached: logged, not trained)."""
+    sampler_logp: Tensor | None = None
+    """Log-prob under the sampler's warped distribution (detached), when a warp was given."""
+
+
+def _chunk_stats(logits: Tensor, targets: Tensor, warp: Warp | None) -> tuple[Tensor, Tensor, Tensor]:
     logits = logits.float()
     log_norm = torch.logsumexp(logits, dim=-1)
     target_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     with torch.no_grad():
         probs = torch.softmax(logits, dim=-1)
         entropy = log_norm - (probs * logits).sum(dim=-1)
-    return target_logp, entropy
+        if warp is None:
+            sampler_logp = torch.zeros_like(entropy)
+        else:
+            warped = torch.log_softmax(warp(logits.detach()), dim=-1)
+            sampler_logp = warped.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return target_logp, entropy, sampler_logp
 
 
-def logprobs_from_logits(logits: Tensor, targets: Tensor, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+def logprobs_from_logits(
+    logits: Tensor, targets: Tensor, chunk_size: int = 1024, warp: Warp | None = None
+) -> TokenScores:
     """Log-prob of ``targets`` [batch, time] under ``logits`` [batch, time, vocab], and entropy.
 
-    Both results are fp32 [batch, time]; the entropy is detached (it is logged, not trained).
+    With ``warp`` (fp32 logits -> the sampler's logits), the log-prob under the sampler too.
     """
-    return logprobs_from_hidden(logits, lambda chunk: chunk, targets, chunk_size)
+    return logprobs_from_hidden(logits, lambda chunk: chunk, targets, chunk_size, warp)
 
 
 def logprobs_from_hidden(
-    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_size: int = 1024
-) -> tuple[Tensor, Tensor]:
+    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_size: int = 1024, warp: Warp | None = None
+) -> TokenScores:
     """Like :func:`logprobs_from_logits`, but apply the output ``head`` to ``hidden`` chunk by chunk.
 
     ``hidden`` [batch, time, dim] are the final hidden states at the positions that predict
@@ -44,16 +65,15 @@ def logprobs_from_hidden(
     if hidden.shape[:2] != targets.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree")
 
-    def stats(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return _chunk_stats(head(h), t)
+    def stats(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _chunk_stats(head(h), t, warp)
 
-    logps, entropies = [], []
+    parts = []
     for start in range(0, targets.shape[1], chunk_size):
         h, t = hidden[:, start : start + chunk_size], targets[:, start : start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            logp, ent = checkpoint(stats, h, t, use_reentrant=False)
+            parts.append(checkpoint(stats, h, t, use_reentrant=False))
         else:
-            logp, ent = stats(h, t)
-        logps.append(logp)
-        entropies.append(ent)
-    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1).detach()
+            parts.append(stats(h, t))
+    logp, entropy, sampler_logp = (torch.cat(values, dim=1) for values in zip(*parts, strict=True))
+    return TokenScores(logp, entropy.detach(), None if warp is None else sampler_logp.detach())

@@ -6,7 +6,11 @@ which prepares the offline toy world on first use.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -15,12 +19,41 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory or hub id for ``name``; ``toy:<model>`` prepares the toy world if needed."""
+    """A local directory or hub id for ``name``; ``toy:<model>`` prepares the toy world if needed.
+
+    A name that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``a/b`` where the folder
+    ``a`` exists here) must exist; so must every name when the hub is offline (``HF_HUB_OFFLINE``)
+    and it is not in the hub cache. Both fail at once, naming the path, instead of after the hub's retries.
+    """
     if name.startswith(TOY_PREFIX):
         from gopd_lightning.toy.world import toy_model_path
 
         return str(toy_model_path(name[len(TOY_PREFIX) :]))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ValueError(f"model {name!r} is a file, not a model folder (one with config.json and the weights)")
+    if _looks_like_a_path(name):
+        raise ValueError(f"no model folder at {name!r} (resolved to {path.resolve()}); check the path")
+    if hub_constants.HF_HUB_OFFLINE and not _in_hub_cache(name):
+        raise ValueError(
+            f"model {name!r} is neither a local folder nor in the hub cache, and the hub is offline (HF_HUB_OFFLINE)"
+        )
     return name
+
+
+def _looks_like_a_path(name: str) -> bool:
+    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id either
+        return False
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -26,7 +26,7 @@ Features:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
-from gopd_lightning.objective import aggregate, token_advantages
-from gopd_lightning.policy import PolicyModule, mean_of_known
+from gopd_lightning.objective import token_advantages
+from gopd_lightning.policy import PolicyModule
 from gopd_lightning.rollout import Rollout
 
 INITIAL = "initial"
@@ -75,6 +75,10 @@ class GOPDModule(PolicyModule):
         super().__init__(student, **policy_options)
         if not teachers:
             raise ValueError("teachers is empty: give at least one domain -> teacher model")
+        if not lam > 0:
+            raise ValueError(
+                f"lam={lam!r} is invalid: the reward scale must be > 0 (1 = OPD, 1.25 = the paper's ExOPD)"
+            )
         if lam != 1.0 and reference is None:
             raise ValueError(
                 f"lam={lam} needs a reference model (lam == 1 is the only case where it cancels); "
@@ -131,6 +135,7 @@ class GOPDModule(PolicyModule):
 
     def setup(self, stage: str) -> None:
         """Fail early when the data holds a domain that has no teacher."""
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         domains = getattr(datamodule, "domains", None)
         if stage == "fit" and domains:
@@ -157,30 +162,53 @@ class GOPDModule(PolicyModule):
             )
 
         loss, student_logp, entropy, advantages = self.optimise(rollout, advantage_fn)
-        self.log_rollout("train", rollout, entropy, student_logp, teacher_logp, advantages)
+        self.log_step_stats(
+            "train",
+            rollout,
+            {"advantage": advantages, "reverse_kl": student_logp - teacher_logp, "entropy": entropy},
+            {"accuracy": self.accuracy(rollout)},  # scored once: code runs in the sandbox
+            prog_bar=("reverse_kl", "accuracy"),
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
         return loss
 
     @torch.no_grad()
     def score_frozen(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
-        """Teacher log-probs (each row by its own domain's teacher) and reference log-probs."""
+        """Teacher log-probs (each row by its own domain's teacher) and reference log-probs.
+
+        Under FSDP2 every teacher runs on every rank in one order, on a placeholder row when the
+        rank holds none of its domain, so that the ranks' all-gathers pair up. A non-finite
+        log-prob of a kept token stops the run, naming the model.
+        """
         teacher_logp = torch.zeros(rollout.response_ids.shape, device=rollout.input_ids.device)
         domains = [row["domain"] for row in rollout.rows]
-        for domain in sorted(set(domains)):
-            index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=teacher_logp.device)
-            teacher_logp[index] = self._frozen_logprobs(
-                self.teachers[domain], rollout.select(index), f"teacher {domain!r}"
-            )
+        broken = []
+        for domain in sorted(self.teachers) if self.sharded else sorted(set(domains)):
+            rows = [i for i, d in enumerate(domains) if d == domain]
+            index = torch.tensor(rows or [0], device=teacher_logp.device)
+            part = rollout.select(index)
+            logp = self._frozen_logprobs(self.teachers[domain], part, f"teacher {domain!r}")
+            if rows:
+                teacher_logp[index] = logp
+                if not torch.isfinite(logp[part.response_mask]).all():
+                    broken.append(f"teacher {domain!r} ({self.hparams.teachers[domain]})")
+        named = " and ".join(broken) or "a teacher (on another rank)"
+        self.stop_unless_finite(teacher_logp, rollout.response_mask, f"the log-probs of {named}")
         if not self.needs_reference:
             return teacher_logp, None
         if self.reference is None:  # a LoRA student: the base model is its adapter switched off
             with self.student.disable_adapter():
-                return teacher_logp, self.logprobs_of(self.student, rollout)[0]
-        return teacher_logp, self._frozen_logprobs(self.reference, rollout, "reference")
+                ref_logp = self.logprobs_of(self.student, rollout).logp
+        else:
+            ref_logp = self._frozen_logprobs(self.reference, rollout, "reference")
+        self.stop_unless_finite(
+            ref_logp, rollout.response_mask, f"the reference's log-probs ({self.hparams.reference})"
+        )
+        return teacher_logp, ref_logp
 
     def _frozen_logprobs(self, model: PreTrainedModel, rollout: Rollout, name: str) -> Tensor:
         with offloaded(model, self.device, self.hparams.offload_frozen):
-            return self.logprobs_of(model, rollout, self.prompt_tokenizers.get(name))[0]
+            return self.logprobs_of(model, rollout, self.prompt_tokenizers.get(name)).logp
 
     def on_fit_start(self) -> None:
         """With ``offload_frozen``, move the frozen models to CPU memory once the trainer placed them."""
@@ -188,40 +216,6 @@ class GOPDModule(PolicyModule):
             for model in [*self.teachers.values(), self.reference]:
                 if model is not None:
                     model.to("cpu")
-
-    # ---------------------------------------------------------------- logging
-    def log_rollout(
-        self,
-        stage: str,
-        rollout: Rollout,
-        entropy: Tensor,
-        student_logp: Tensor,
-        teacher_logp: Tensor,
-        advantages: Tensor,
-    ) -> None:
-        """Per-step rollout statistics, overall and (with several domains) per domain."""
-        mask = rollout.response_mask
-        lengths = rollout.response_lengths.float()
-        truncated = (~_ended(rollout, self.tokenizer.eos_token_id)).float()
-        correct = self.accuracy(rollout)  # scored once: code runs in the sandbox
-        groups = _domain_groups(rollout.rows)
-        for name, index in groups.items():
-            prefix = f"{stage}/" if name == "" else f"{stage}/{name}/"
-            m = mask[index]
-            stats = {
-                "advantage": aggregate(advantages[index], m, "token-mean"),
-                "reverse_kl": aggregate(student_logp[index] - teacher_logp[index], m, "token-mean"),
-                "entropy": aggregate(entropy[index], m, "token-mean"),
-                "response_length": lengths[index].mean(),
-                "response_length_max": lengths[index].max(),
-                "truncated": truncated[index].mean(),
-            }
-            accuracy = mean_of_known(correct[index])
-            if accuracy is not None:
-                stats["accuracy"] = accuracy
-            for key, value in stats.items():
-                show = name == "" and key in ("reverse_kl", "accuracy")
-                self.log(prefix + key, value, prog_bar=show, batch_size=len(index))
 
 
 @contextmanager
@@ -235,20 +229,6 @@ def offloaded(model: nn.Module, device: torch.device, enabled: bool) -> Iterator
         yield
     finally:
         model.to("cpu")
-
-
-def _ended(rollout: Rollout, eos_token_id: int) -> Tensor:
-    return (rollout.response_ids == eos_token_id).logical_and(rollout.response_mask).any(dim=-1)
-
-
-def _domain_groups(rows: list[Mapping]) -> dict[str, Tensor]:
-    """Row indices overall ("") and, when the batch has several domains, per domain."""
-    groups = {"": torch.arange(len(rows))}
-    domains = sorted({row["domain"] for row in rows})
-    if len(domains) > 1:
-        for domain in domains:
-            groups[domain] = torch.tensor([i for i, row in enumerate(rows) if row["domain"] == domain])
-    return groups
 
 
 def _drop_frozen_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

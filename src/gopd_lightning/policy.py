@@ -9,24 +9,37 @@ benchmark evaluation (k samples per problem, avg@k and pass@k, per benchmark and
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 from torch.optim import AdamW, Optimizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
+from gopd_lightning.logprobs import TokenScores
 from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_tokenizer
-from gopd_lightning.objective import Aggregation, policy_gradient_loss
+from gopd_lightning.objective import AGGREGATIONS, Aggregation, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
-from gopd_lightning.rollout import Rollout, SamplingConfig, generate_rollout, response_logprobs, with_prompts_of
+from gopd_lightning.rollout import (
+    Rollout,
+    SamplingConfig,
+    eval_mode,
+    generate_rollout,
+    response_logprobs,
+    with_prompts_of,
+)
 from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
+from gopd_lightning.step_stats import domain_groups, step_statistics
 
 AdvantageFn = Callable[[Tensor, Tensor], Tensor]
+log = logging.getLogger(__name__)
 
 
 def paper_adamw(params: Iterable[nn.Parameter]) -> Optimizer:
@@ -50,6 +63,16 @@ class UpdateConfig:
     max_grad_norm: float | None = 1.0
     """Gradient-norm clipping of the student (None turns it off)."""
 
+    def __post_init__(self) -> None:
+        if self.updates_per_rollout < 1:
+            raise ValueError(f"update.updates_per_rollout={self.updates_per_rollout!r} is invalid: it must be >= 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"update.micro_batch_size={self.micro_batch_size!r} is invalid: it must be >= 1 or null")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"update.aggregation={self.aggregation!r} is invalid: choose one of {AGGREGATIONS}")
+        if self.clip_eps is not None and self.clip_eps <= 0:
+            raise ValueError(f"update.clip_eps={self.clip_eps!r} is invalid: it must be > 0 or null")
+
 
 # the configs live in checkpoint hyperparameters, which Lightning loads with weights_only=True
 torch.serialization.add_safe_globals([SamplingConfig, UpdateConfig])
@@ -57,6 +80,10 @@ torch.serialization.add_safe_globals([SamplingConfig, UpdateConfig])
 
 class PolicyModule(LightningModule):
     """A trainable student that samples its own responses; subclasses define ``training_step``."""
+
+    ratio_to_rollout = True
+    """With several updates per rollout, the loss is a PPO ratio to the rollout policy (clipped);
+    a subclass whose loss is not a policy gradient of its own samples (SFT) turns this off."""
 
     def __init__(
         self,
@@ -84,7 +111,8 @@ class PolicyModule(LightningModule):
                 4 for code); other domains use ``eval_sampling.samples_per_prompt``.
             eval_pass_k: k values of the unbiased pass@k to report (k <= samples per problem).
             update: how a rollout batch becomes optimiser updates.
-            max_prompt_length: longest prompt in tokens; a longer one is an error.
+            max_prompt_length: longest training prompt in tokens; a longer one is an error (evaluation
+                prompts are not limited).
             logprob_chunk_size: response positions per chunk of fp32 logits.
             student_dtype: weights of the student.
             optimizer: builds the optimiser from the student's parameters.
@@ -103,6 +131,19 @@ class PolicyModule(LightningModule):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.sampling = sampling or SamplingConfig()
         self.eval_sampling = eval_sampling or SamplingConfig()
+        if self.ratio_to_rollout and not self.sampling.samples_the_model:
+            log.warning(
+                "training rollouts sample with %s, not the student's own distribution: every token's gradient is "
+                "weighted by min(pi_theta / pi_sampler, 5) (truncated importance sampling)%s",
+                self.sampling.describe(),
+                "; greedy decoding puts all mass on one token, so the estimate stays biased (debugging only)"
+                if self.sampling.temperature == 0
+                else "",
+            )
+        if max_prompt_length < 1 or logprob_chunk_size < 1:
+            raise ValueError(
+                f"max_prompt_length={max_prompt_length} and logprob_chunk_size={logprob_chunk_size} must be >= 1"
+            )
         self.update = update or UpdateConfig()
         self.eval_samples = dict(eval_samples or {})
         self.scores = nn.ModuleDict({stage: BenchmarkScores(eval_pass_k or ()) for stage in ("val", "test")})
@@ -133,6 +174,28 @@ class PolicyModule(LightningModule):
         self.student = student.train()
         parallelize(self.student, self.load_frozen_models(), self.device_mesh, self.sharding)
 
+    def setup(self, stage: str) -> None:
+        """Checkpoints of single files are written atomically (see ``gopd_lightning.checkpointing``)."""
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def stop_unless_finite(self, values: Tensor, mask: Tensor | None, what: str) -> None:
+        """Raise :class:`NonFiniteError` on every rank when ``values`` (where ``mask``) is NaN or inf on any rank.
+
+        Checked before the optimiser step, so neither the student nor a checkpoint takes the bad step.
+        """
+        kept = values if mask is None else values[mask]
+        bad = not bool(torch.isfinite(kept).all())
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            step = self.trainer.global_step if self._trainer is not None else "?"
+            raise NonFiniteError(
+                f"{what} is not finite (NaN or inf) at step {step}; the run stops before the optimiser step, "
+                "and the last checkpoint is left as it was"
+            )
+
     def check_frozen_tokenizers(self) -> None:
         """Check the frozen models' tokenizers against the student's (``self.tokenizer``); none here."""
 
@@ -141,15 +204,65 @@ class PolicyModule(LightningModule):
         return []
 
     @property
+    def sharded(self) -> bool:
+        """Whether the models are FSDP2-sharded: every forward is then a collective that all ranks must join."""
+        return self.device_mesh is not None
+
+    def domains_on_every_rank(self, local: Iterable[str]) -> list[str]:
+        """The sorted union of ``local`` domains over all ranks (the same list on every rank)."""
+        mine = sorted(set(local))
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return mine
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, mine)
+        return sorted(set().union(*every))
+
+    def log_step_stats(
+        self,
+        stage: str,
+        rollout: Rollout,
+        token_values: Mapping[str, Tensor],
+        row_values: Mapping[str, Tensor],
+        prog_bar: Iterable[str] = (),
+    ) -> None:
+        """Log a step's rollout statistics, exact over all ranks, overall and (several domains) per domain.
+
+        Always logs ``response_length``, ``response_length_max`` and ``truncated`` besides the
+        given token statistics (means over response tokens) and row statistics (NaN = no value).
+        """
+        domains = [row["domain"] for row in rollout.rows]
+        lengths = rollout.response_lengths.double()
+        rows = {
+            **row_values,
+            "response_length": lengths,
+            "truncated": (~rollout.ended).double(),
+        }
+        stats = step_statistics(
+            domain_groups(domains, self.domains_on_every_rank(domains)),
+            rollout.response_mask,
+            token_values,
+            rows,
+            {"response_length_max": lengths},
+            self.all_gather if self._trainer is not None else lambda tensor: tensor,
+        )
+        shown = set(prog_bar)
+        for key, value in stats.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key in shown, batch_size=len(rollout.rows))
+
+    @property
     def vocab_size(self) -> int:
         """Size of the shared vocabulary: logits beyond it (embedding padding) are never used."""
         return len(self.tokenizer)
 
-    def rollout(self, rows: list[dict], sampling: SamplingConfig) -> Rollout:
-        """Sample responses to ``rows`` from the student (gathered whole for the call under FSDP2)."""
-        with unsharded_generation(self.student, self.sharding):
+    def rollout(self, rows: list[dict], sampling: SamplingConfig, training: bool = True) -> Rollout:
+        """Sample responses to ``rows`` from the student (gathered whole for the call under FSDP2).
+
+        Training prompts are held to ``max_prompt_length``; evaluation prompts are not (a benchmark is scored whole).
+        """
+        limit = self.hparams.max_prompt_length if training else None
+        with unsharded_generation(self.student, self.sharding) as layerwise:
             return generate_rollout(
-                self.student, self.tokenizer, rows, sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
+                self.student, self.tokenizer, rows, sampling, limit, self.chat_template_kwargs, synced_ranks=layerwise
             )
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
@@ -158,17 +271,26 @@ class PolicyModule(LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
-    def student_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
-        """Student log-prob (with grad when enabled) and entropy of the sampled response tokens."""
-        return self.logprobs_of(self.student, rollout)
+    def student_logprobs(self, rollout: Rollout) -> TokenScores:
+        """Student log-prob (with grad when enabled), entropy and sampler log-prob of the response tokens.
+
+        Scored with dropout off, as the student sampled them (activation checkpointing stays on).
+        """
+        with eval_mode(self.student, keep_checkpointed_layers=True):
+            return self.logprobs_of(self.student, rollout, sampler=rollout.sampling)
 
     def logprobs_of(
-        self, model: PreTrainedModel, rollout: Rollout, prompt_tokenizer: PreTrainedTokenizerBase | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        model: PreTrainedModel,
+        rollout: Rollout,
+        prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+        sampler: SamplingConfig | None = None,
+    ) -> TokenScores:
         """Log-prob and entropy of the rollout's response tokens under ``model``.
 
         With ``prompt_tokenizer`` (a model whose chat template differs from the student's) the
-        prompts are rendered that model's way and the response ids appended unchanged.
+        prompts are rendered that model's way and the response ids appended unchanged. With a
+        ``sampler`` other than the model's own distribution, the sampler's log-probs come too.
         """
         if prompt_tokenizer is None:
             input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
@@ -181,6 +303,7 @@ class PolicyModule(LightningModule):
             rollout.response_ids.shape[1],
             self.hparams.logprob_chunk_size,
             self.vocab_size,
+            sampler,
         )
 
     def optimise(self, rollout: Rollout, advantage_fn: AdvantageFn) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -189,49 +312,61 @@ class PolicyModule(LightningModule):
         ``advantage_fn(student_logp, rows)`` gives the advantages of ``rows`` of the rollout from
         their detached student log-probs. With one update per rollout (the paper) each
         micro-batch's advantages come from the log-probs of the same forward pass. With several,
-        the advantages and the PPO ratio's old log-probs are fixed by a no-grad pass first, and
-        each mini-batch is one optimiser step. Each micro-batch loss is weighted by its share of the mini-batch's
-        normaliser (sequences, or tokens for "token-mean"), so accumulation gives exactly the
-        mini-batch's gradient.
+        the rows are split into ``updates_per_rollout`` mini-batches of near-equal size (one
+        optimiser step each), and the advantages and the PPO ratio's old log-probs are fixed by a
+        no-grad pass first (unless ``ratio_to_rollout`` is off: SFT's cross-entropy has no ratio).
+        Each micro-batch loss is weighted by its share of the mini-batch's normaliser (sequences,
+        or tokens for "token-mean"), so accumulation gives exactly the mini-batch's gradient.
+        When another sampler than the student's own distribution drew the tokens, each token's
+        term carries the truncated importance weight ``min(pi_theta / pi_sampler, 5)``.
         """
         rows = len(rollout.rows)
         updates = self.update.updates_per_rollout
-        mini_size = -(-rows // updates)
-        micro_size = self.update.micro_batch_size or mini_size
+        if updates > rows:
+            raise ValueError(f"update.updates_per_rollout={updates} is more than the {rows} rows of a rollout batch")
+        micro_size = self.update.micro_batch_size or rows
         shape = rollout.response_ids.shape
         student_logp = torch.zeros(shape, device=rollout.input_ids.device)
         entropy = torch.zeros_like(student_logp)
-        old_logp = None
-        if updates > 1:
+        advantages = torch.zeros_like(student_logp)
+        fixed = updates > 1 and self.ratio_to_rollout
+        old_logp = sampler_logp = None
+        if fixed:  # the rollout policy's log-probs, advantages and sampler weights, before any update
+            old_logp, sampler_logp = torch.zeros_like(student_logp), torch.zeros_like(student_logp)
             with torch.no_grad():
                 for start in range(0, rows, micro_size):
                     part = slice(start, start + micro_size)
-                    student_logp[part], entropy[part] = self.student_logprobs(rollout.select(part))
-            old_logp = student_logp
-            advantages = advantage_fn(student_logp, torch.arange(rows))
-        else:
-            advantages = torch.zeros_like(student_logp)  # filled micro-batch by micro-batch below
+                    scores = self.student_logprobs(rollout.select(part))
+                    old_logp[part], entropy[part] = scores.logp, scores.entropy
+                    if scores.sampler_logp is not None:
+                        sampler_logp[part] = scores.sampler_logp
+            student_logp.copy_(old_logp)
+            advantages = advantage_fn(old_logp, torch.arange(rows))
+            if not rollout.sampling or rollout.sampling.samples_the_model:
+                sampler_logp = None
 
         optimizer = self.optimizers()
-        order = torch.randperm(rows) if updates > 1 else torch.arange(rows)
+        minis = torch.randperm(rows).tensor_split(updates) if updates > 1 else [torch.arange(rows)]
         losses = []
-        for mini in order.split(mini_size):
+        for mini in minis:
             normaliser = self._normaliser(rollout.response_mask[mini])
             for micro in mini.split(micro_size):
                 part = rollout.select(micro)
-                logp, part_entropy = self.student_logprobs(part)
-                if old_logp is None:
-                    student_logp[micro], entropy[micro] = logp.detach(), part_entropy
-                    advantages[micro] = advantage_fn(logp.detach(), micro)
+                scores = self.student_logprobs(part)
+                if not fixed:
+                    student_logp[micro], entropy[micro] = scores.logp.detach(), scores.entropy
+                    advantages[micro] = advantage_fn(scores.logp.detach(), micro)
                 loss = policy_gradient_loss(
-                    logp,
+                    scores.logp,
                     advantages[micro],
                     part.response_mask,
-                    old_logp=None if old_logp is None else old_logp[micro],
-                    clip_eps=self.update.clip_eps,
+                    old_logp=old_logp[micro] if fixed else None,
+                    sampler_logp=sampler_logp[micro] if sampler_logp is not None else scores.sampler_logp,
+                    clip_eps=self.update.clip_eps if fixed else None,
                     aggregation=self.update.aggregation,
                 )
                 loss = loss * self._normaliser(part.response_mask) / normaliser
+                self.stop_unless_finite(loss, None, "the loss (the student's log-probs or the advantages)")
                 self.manual_backward(loss)
                 losses.append(loss.detach())
             if self.update.max_grad_norm is not None:
@@ -243,7 +378,7 @@ class PolicyModule(LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        return torch.stack(losses).sum() / updates, student_logp, entropy, advantages
+        return torch.stack(losses).sum() / len(minis), student_logp, entropy, advantages
 
     def _normaliser(self, mask: Tensor) -> Tensor:
         if self.update.aggregation == "token-mean":
@@ -268,13 +403,22 @@ class PolicyModule(LightningModule):
         self.evaluate("test", batch)
 
     def evaluate(self, stage: str, batch: list[dict]) -> None:
-        """Sample k responses per problem (k by domain) and add them to the stage's benchmark scores."""
-        batch = [row for row in batch if _checkable(row)]
-        for domain in sorted({row["domain"] for row in batch}):
-            rows = [row for row in batch if row["domain"] == domain]
+        """Sample k responses per problem (k by domain) and add them to the stage's benchmark scores.
+
+        Padding rows (the evaluation sampler evens the ranks out with them) are not scored. Under
+        FSDP2 every rank samples every domain that any rank holds, in one order (a rank without
+        that domain samples a placeholder it throws away), so the ranks' collectives pair up.
+        """
+        scored = [row for row in batch if _checkable(row)]
+        present = sorted({row["domain"] for row in scored})
+        for domain in self.domains_on_every_rank(present) if self.sharded else present:
+            rows = [row for row in scored if row["domain"] == domain]
+            if not rows:
+                self.rollout(batch[:1], dataclasses.replace(self.eval_sampling, samples_per_prompt=1), training=False)
+                continue
             k = self.eval_samples.get(domain, self.eval_sampling.samples_per_prompt)
             sampling = dataclasses.replace(self.eval_sampling, samples_per_prompt=k)
-            rollout = self.rollout(rows, sampling)
+            rollout = self.rollout(rows, sampling, training=False)
             correct = self.accuracy(rollout).view(len(rows), k)
             lengths = rollout.response_lengths.view(len(rows), k)
             self.scores[stage].update(
@@ -303,4 +447,4 @@ def mean_of_known(scores: Tensor) -> Tensor | None:
 
 
 def _checkable(row: Mapping) -> bool:
-    return bool(row.get("ground_truth")) and row["domain"] in DOMAINS
+    return bool(row.get("ground_truth")) and row["domain"] in DOMAINS and not row.get("padding")

@@ -35,13 +35,15 @@ from transformers import PreTrainedTokenizerBase
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
 from gopd_lightning.module import _drop_frozen_keys, _ignore_missing_frozen_keys
 from gopd_lightning.objective import aggregate
-from gopd_lightning.policy import PolicyModule, UpdateConfig, mean_of_known
+from gopd_lightning.policy import PolicyModule, UpdateConfig
 from gopd_lightning.rollout import Rollout, encode_prompts, generate_rollout
 from gopd_lightning.sharding import unsharded_generation
 
 
 class SFTModule(PolicyModule):
     """Cross-entropy of the student on teacher-written responses (see the module docstring)."""
+
+    ratio_to_rollout = False  # every mini-batch is plain cross-entropy: no PPO ratio, no clip
 
     def __init__(
         self,
@@ -100,18 +102,11 @@ class SFTModule(PolicyModule):
             return torch.ones_like(student_logp)
 
         _, student_logp, entropy, _ = self.optimise(rollout, advantage_fn)
-        mask = rollout.response_mask
-        stats = {
-            "loss": -aggregate(student_logp, mask, self.update.aggregation),
-            "entropy": aggregate(entropy, mask, "token-mean"),
-            "response_length": rollout.response_lengths.float().mean(),
-        }
-        accuracy = mean_of_known(self.accuracy(rollout))
-        if accuracy is not None:
-            stats["accuracy"] = accuracy  # of the imitated responses
-        for key, value in stats.items():
-            self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=len(batch), sync_dist=True)
-        return stats["loss"]
+        # accuracy of the imitated responses
+        self.log_step_stats("train", rollout, {"entropy": entropy}, {"accuracy": self.accuracy(rollout)})
+        loss = -aggregate(student_logp, rollout.response_mask, self.update.aggregation)  # the cross-entropy
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
+        return loss
 
     def imitation_rollout(self, rows: Sequence[Mapping]) -> Rollout:
         """The student's prompts followed by the responses to imitate: stored ones, else the teacher's samples.
@@ -126,13 +121,19 @@ class SFTModule(PolicyModule):
             if text is not None
         ]
         unanswered = [row for row, text in stored if text is None]
-        for domain in sorted({row["domain"] for row in unanswered}):
-            if domain not in self.teachers:
-                raise ValueError(
-                    f"rows of domain {domain!r} have no stored response and no teacher; teachers are given for "
-                    f"{sorted(self.teachers)} (add one under model.teachers, or store responses)"
-                )
-            imitated += self.teacher_responses(domain, [row for row in unanswered if row["domain"] == domain])
+        missing = sorted({row["domain"] for row in unanswered} - set(self.teachers))
+        if missing:
+            raise ValueError(
+                f"rows of domain(s) {missing} have no stored response and no teacher; teachers are given for "
+                f"{sorted(self.teachers)} (add one under model.teachers, or store responses)"
+            )
+        # under FSDP2 every teacher generates on every rank (a placeholder row where a rank has none)
+        for domain in sorted(self.teachers) if self.sharded else sorted({row["domain"] for row in unanswered}):
+            rows = [row for row in unanswered if row["domain"] == domain]
+            if rows:
+                imitated += self.teacher_responses(domain, rows)
+            else:
+                self.teacher_responses(domain, [stored[0][0]])
         return responses_rollout(
             self.tokenizer,
             [row for row, _ in imitated],
@@ -150,9 +151,15 @@ class SFTModule(PolicyModule):
     def teacher_responses(self, domain: str, rows: Sequence[Mapping]) -> list[tuple[Mapping, list[int]]]:
         """(row, response ids) sampled from ``domain``'s teacher; EOS is included when the response ended."""
         teacher, tokenizer = self.teachers[domain], self.teacher_tokenizers[domain]
-        with unsharded_generation(teacher, self.sharding):
+        with unsharded_generation(teacher, self.sharding) as layerwise:
             rollout = generate_rollout(
-                teacher, tokenizer, rows, self.sampling, self.hparams.max_prompt_length, self.chat_template_kwargs
+                teacher,
+                tokenizer,
+                rows,
+                self.sampling,
+                self.hparams.max_prompt_length,
+                self.chat_template_kwargs,
+                synced_ranks=layerwise,
             )
         return [
             (row, ids[mask].tolist())
@@ -181,6 +188,7 @@ def responses_rollout(
         torch.cat([prompts["attention_mask"], response_mask], dim=1).to(device),
         prompts["input_ids"].shape[1],
         list(rows),
+        eos_token_ids=(tokenizer.eos_token_id,),
     )
 
 

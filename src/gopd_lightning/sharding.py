@@ -150,11 +150,15 @@ def _reshards_after_forward(group: nn.Module, root: nn.Module) -> bool:
 
 
 @contextmanager
-def unsharded_generation(model: nn.Module, config: ShardingConfig) -> Iterator[None]:
-    """Keep ``model`` gathered while it generates (see the module docstring); a no-op without FSDP2."""
+def unsharded_generation(model: nn.Module, config: ShardingConfig) -> Iterator[bool]:
+    """Keep ``model`` gathered while it generates (see the module docstring); a no-op without FSDP2.
+
+    Yields whether generation goes layer by layer: then every step all-gathers, and the ranks must
+    keep stepping together until all are done (``generate``'s ``synced_gpus``).
+    """
     groups = [module for module in model.modules() if isinstance(module, FSDPModule)]
     if not groups:
-        yield
+        yield False
         return
     whole = config.rollout_unshard == "whole" and _fits_on_every_rank(model, config)
     gathered = groups if whole else [model]
@@ -163,7 +167,7 @@ def unsharded_generation(model: nn.Module, config: ShardingConfig) -> Iterator[N
     for handle in [group.unshard(async_op=True) for group in gathered]:
         handle.wait()
     try:
-        yield
+        yield not whole
     finally:
         for group in gathered:
             group.reshard()

@@ -86,8 +86,10 @@ class PromptDataModule(LightningDataModule):
             batch_size: prompts per training step (the rollout batch, before samples per prompt).
             eval_batch_size: prompts per validation/test batch.
             num_workers: data-loading worker processes.
-            tokenizer: the student's tokenizer (path or hub id); with ``max_prompt_length``, longer prompts are dropped.
-            max_prompt_length: drop prompts whose chat-templated length exceeds this many tokens.
+            tokenizer: the student's tokenizer (path or hub id); with ``max_prompt_length``, longer training
+                prompts are dropped.
+            max_prompt_length: drop training prompts whose chat-templated length exceeds this many tokens
+                (evaluation sets are never cut: a benchmark is scored whole).
             chat_template_kwargs: extra arguments of the student's chat template (as the model renders
                 prompts; the CLI links the model's).
             mixing: when weighted training sources run out (``datasets.interleave_datasets`` stopping strategy):
@@ -118,7 +120,7 @@ class PromptDataModule(LightningDataModule):
         for split, sources in self.sources.items():
             if split not in self.datasets and sources:
                 parts = [load_rows(source) for source in sources]
-                if self.tokenizer is not None and self.max_prompt_length is not None:
+                if split == "train" and self.tokenizer is not None and self.max_prompt_length is not None:
                     parts = self._drop_long_prompts(split, parts)
                 for source, rows in zip(sources, parts, strict=True):
                     if not rows:
@@ -183,8 +185,16 @@ class PromptDataModule(LightningDataModule):
         return self._eval_loader("test")
 
     def _eval_loader(self, split: str) -> DataLoader:
+        """Each problem on exactly one rank; ranks hold equally many batches (padding rows fill up, not scored)."""
+        kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {"num_replicas": 1, "rank": 0}
+        dataset = self._split(split)
+        sampler = EvalSampler(dataset, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"])
         return DataLoader(
-            self._split(split), batch_size=self.eval_batch_size, collate_fn=list, num_workers=self.num_workers
+            WithPadding(dataset),
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=list,
+            num_workers=self.num_workers,
         )
 
     def _split(self, split: str) -> datasets.Dataset:
@@ -227,16 +237,62 @@ class ResumableSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.skip = 0
+        self.resumed_epoch: int | None = None
+        self.epoch_offset = 0
 
     def resume(self, epoch: int, consumed: int) -> None:
         """Start in ``epoch`` after the first ``consumed`` prompts of its order (all ranks together)."""
-        self.set_epoch(epoch)
+        super().set_epoch(epoch)
+        self.resumed_epoch = epoch
         self.skip = consumed // self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning's epoch count, shifted to the data's.
+
+        A run extended from its final checkpoint counts its epoch as done (Lightning closes the
+        epoch at ``max_steps``) although the data is in the middle of it; the shift keeps that order.
+        """
+        if self.resumed_epoch is not None:
+            self.epoch_offset, self.resumed_epoch = self.resumed_epoch - epoch, None
+        super().set_epoch(epoch + self.epoch_offset)
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())[self.skip :]
         self.skip = 0
         return iter(indices)
+
+
+class EvalSampler(DistributedSampler):
+    """Evaluation order: rank r takes problems r, r + world, ...; short ranks are topped up with padding.
+
+    Lightning's default sampler repeats problems to even the ranks out, and they would be scored
+    twice. Here every problem is on exactly one rank, and the top-up indices (``len(dataset) + i``)
+    name padding rows (see :class:`WithPadding`) that keep the ranks' batch counts equal (under
+    FSDP2 every forward is a collective) but are never scored.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        size = len(self.dataset)
+        mine = list(range(self.rank, size, self.num_replicas))
+        return iter(mine + [size + i for i in range(self.num_samples - len(mine))])
+
+
+class WithPadding(Dataset):
+    """``dataset`` whose indices past its end give its first rows again, marked ``padding: True``."""
+
+    def __init__(self, dataset: datasets.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Row:
+        if index < len(self.dataset):
+            return self.dataset[index]
+        return {**self.dataset[index - len(self.dataset)], "padding": True}
 
 
 def _rng_state() -> dict:

@@ -2,9 +2,10 @@
 
 ``toy_model_path("base")`` returns a directory that ``from_pretrained`` loads, building the model
 (and whatever it continues from) on first use. Every model is supervised fine-tuning on gold
-responses of the toy tasks, deterministic by seed:
+responses of the toy tasks, deterministic by seed on one machine:
 
-- ``base``: a small model trained briefly on math and code (weak on both, not hopeless);
+- ``base``: a small model trained on math and code until it answers 30% of held-out math problems
+  (weak on both, not hopeless: on code it sits on the plateau before it learns the algorithm);
 - ``teacher-math`` / ``teacher-code``: the base trained further on one domain: two experts made
   from one base, like the paper's RL teachers;
 - ``big-base``: a model twice as deep, trained about as briefly on both domains (better than ``base``);
@@ -16,6 +17,11 @@ in a folder named by a hash of its recipe and its parent's, so a changed recipe 
 everything built from it, and a run only pays for the models it names (the default toy config:
 base and teacher-math, about a minute on two CPU cores). A file lock per model lets one process
 build while other ranks wait; ``gopd toy prepare [--force] [--all]`` builds ahead of time.
+
+Another CPU rounds floats differently, which over a thousand steps moves a model as another seed
+does, so the recipes aim at qualities that do not hinge on exact weights: the base stops at a
+target accuracy instead of a step count, the experts train long past their domain's learning
+onset. ``benchmarks/toy_world_spread.py`` measures every model over seeds (README: the toy world).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +49,11 @@ from gopd_lightning.toy.tasks import Problem, problems
 from gopd_lightning.toy.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
+CHECK_EVERY, CHECK_FROM = 50, 600
+"""Steps between the accuracy checks of a recipe with ``stop_at``, and the first step checked."""
+STOP_SEED = 7
+"""Data seed of the validation problems ``stop_at`` checks (the tests measure on seed 9)."""
 READY = "READY"
 
 
@@ -79,6 +90,11 @@ class ToyModelRecipe:
     """Cosine-anneal the learning rate to 5% of its peak, so an expert ends sharp and stable."""
     batch_size: int = 32
     """Gold responses per step."""
+    stop_at: tuple[str, float] | None = None
+    """(domain, accuracy): stop once the held-out accuracy on that domain (a validation set of its
+    own, not the one the tests measure) reaches the value, checked every ``CHECK_EVERY`` steps;
+    ``steps`` is then the most. A learning curve's onset moves by hundreds of steps with float
+    rounding (another CPU) as with another seed; a target accuracy does not."""
 
     def __post_init__(self) -> None:
         if (self.parent is None) == (self.shape is None):
@@ -87,9 +103,9 @@ class ToyModelRecipe:
 
 SMALL, BIG = ToyModelShape(), ToyModelShape(num_layers=4)
 TOY_MODELS: dict[str, ToyModelRecipe] = {
-    "base": ToyModelRecipe(("math", "code", "math", "code", "code"), steps=1225, shape=SMALL),
+    "base": ToyModelRecipe(("math", "code"), steps=1400, shape=SMALL, stop_at=("math", 0.3)),
     "teacher-math": ToyModelRecipe(("math",), steps=400, parent="base", anneal=True),
-    "teacher-code": ToyModelRecipe(("code",), steps=500, parent="base", anneal=True),
+    "teacher-code": ToyModelRecipe(("code",), steps=1000, parent="base", anneal=True),
     "big-base": ToyModelRecipe(("math", "math", "code"), steps=900, shape=BIG),
     "big-teacher-math": ToyModelRecipe(("math",), steps=300, parent="big-base", anneal=True),
 }
@@ -158,20 +174,36 @@ def prepare_toy_world(
     for model in lineages:
         trees.setdefault(recipe.lineage(model)[0], []).append(model)
     pending = [tree for tree in trees.values() if force or not all(_is_ready(m, recipe) for m in tree)]
-    workers = min(len(pending), os.cpu_count() or 1)
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_prepare_tree, [recipe] * len(pending), pending, [force] * len(pending)))
+    if len(pending) > 1 and (os.cpu_count() or 1) > 1:
+        _build_in_parallel(recipe, pending, force)
         force = False  # built: what follows only collects the folders
     paths = {model: prepare_toy_model(model, recipe, force=force) for model in lineages}
     return {name: paths[name] for name in names}
 
 
-def _prepare_tree(recipe: ToyRecipe, models: list[str], force: bool) -> None:
-    """Build ``models`` (parents first) in a worker process."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for model in models:
-        prepare_toy_model(model, recipe, force=force)
+TREE_BUILDER = (
+    "import logging, pickle, sys; from gopd_lightning.toy.world import prepare_toy_model; "
+    "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+    "recipe, models, force = pickle.load(sys.stdin.buffer); "
+    "[prepare_toy_model(model, recipe, force=force) for model in models]"
+)
+
+
+def _build_in_parallel(recipe: ToyRecipe, trees: list[list[str]], force: bool) -> None:
+    """Build each tree (parents first) in its own fresh interpreter, all at once.
+
+    Fresh interpreters, not multiprocessing: spawn would re-run the user's unguarded script in
+    every worker, and cannot start at all from ``python -``.
+    """
+    builders = []
+    for models in trees:
+        builder = subprocess.Popen([sys.executable, "-c", TREE_BUILDER], stdin=subprocess.PIPE)
+        builder.stdin.write(pickle.dumps((recipe, models, force)))
+        builder.stdin.close()
+        builders.append((models, builder))
+    failed = [models for models, builder in builders if builder.wait() != 0]
+    if failed:
+        raise RuntimeError(f"building the toy models {failed} failed (their output is above)")
 
 
 def _model_folder(name: str, recipe: ToyRecipe) -> Path:
@@ -208,13 +240,12 @@ def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, pa
     torch.set_num_threads(1)
     try:
         tokenizer = build_tokenizer()
-        model_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
-        torch.manual_seed(model_seed)
+        torch.manual_seed(model_seed(seed, name))
         if parent is None:
             model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
         else:
             model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
-        _fit(name, model.train(), recipe, _sft_batches(tokenizer, recipe, model_seed))
+        _fit(name, model.train(), recipe, _sft_batches(tokenizer, recipe, model_seed(seed, name)))
     finally:
         torch.set_num_threads(threads)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -223,7 +254,13 @@ def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, pa
     tokenizer.save_pretrained(path)
 
 
+def model_seed(seed: int, name: str) -> int:
+    """The seed of model ``name``'s weights and data in the toy world of ``seed``."""
+    return int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
+
+
 def _fit(name: str, model: Qwen3ForCausalLM, recipe: ToyModelRecipe, batches: list[dict]) -> None:
+    """AdamW on the batches, up to ``recipe.stop_at`` when it is set."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     with tqdm(total=recipe.steps, desc=f"toy world: {name}", unit="step", mininterval=1.0) as bar:
         for step, batch in enumerate(batches):
@@ -238,6 +275,23 @@ def _fit(name: str, model: Qwen3ForCausalLM, recipe: ToyModelRecipe, batches: li
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
+            done = step + 1
+            checked = recipe.stop_at is not None and done >= CHECK_FROM and done % CHECK_EVERY == 0
+            if checked and _reached(model, *recipe.stop_at):
+                log.info("toy model %r reached %s accuracy %s after %d steps", name, *recipe.stop_at, done)
+                return
+
+
+def _reached(model: Qwen3ForCausalLM, domain: str, target: float) -> bool:
+    from gopd_lightning.toy.quality import held_out_accuracy
+
+    prompts = build_tokenizer()
+    prompts.padding_side = "left"
+    model.eval()
+    try:
+        return held_out_accuracy(model, prompts, domain, seed=STOP_SEED) >= target
+    finally:
+        model.train()
 
 
 def _config(shape: ToyModelShape, tokenizer: PreTrainedTokenizerBase) -> Qwen3Config:
