@@ -96,3 +96,38 @@ def test_scoring_never_runs_the_users_code_again(how: str, tmp_path) -> None:  #
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scores [1.0]" in done.stdout  # a symbolic answer: checked by math-verify in a worker
     assert log.read_text() == "ran\n"  # the user's code ran once: in the user's process only
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("1,2", "12", 0.0),  # a list, not twelve
+        ("2, 3", "23", 0.0),
+        ("1,234", "1234", 1.0),  # a thousands separator
+        ("-1,234,567.50", "-1234567.5", 1.0),
+        ("12,34", "1234", 0.0),
+    ],
+)
+def test_only_thousands_separators_are_stripped(answer: str, gold: str, expected: float) -> None:
+    assert score("math", f"\\boxed{{{answer}}}", gold) == expected
+
+
+def test_huge_integers_never_raise() -> None:
+    huge = "9" * 5000
+    assert score("math", f"\\boxed{{{huge}}}", huge) == 1.0
+    assert score("math", f"\\boxed{{{huge}}}", "7") == 0.0
+    assert normalize_answer("000" + huge) == huge
+
+
+def test_finding_the_last_box_is_linear_in_unclosed_boxes() -> None:
+    text = "\\boxed{" * 8000 + " \\boxed{7}"
+    started = time.monotonic()
+    assert last_boxed(text) == "7"
+    assert last_boxed("\\boxed{" * 8000) is None
+    assert time.monotonic() - started < 1.0  # the quadratic scan took minutes
+    assert last_boxed("\\boxed{\\boxed{1}} and \\boxed {2} then \\boxed{3") == "2"
+
+
+def test_an_empty_ground_truth_is_a_data_error() -> None:
+    with pytest.raises(ValueError, match="ground truth of response 0 is empty"):
+        score("math", "\\boxed{}", "")

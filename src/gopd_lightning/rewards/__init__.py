@@ -25,10 +25,18 @@ def score(domain: str, response: str, ground_truth: str) -> float:
 
 
 def score_batch(domains: Sequence[str], responses: Sequence[str], ground_truths: Sequence[str]) -> list[float]:
-    """Score many responses in parallel; an unknown domain is a KeyError (a data error)."""
+    """Score many responses in parallel.
+
+    An unknown domain (KeyError) or an empty ground truth (ValueError) is a data error, not model output.
+    """
     unknown = sorted(set(domains) - set(DOMAINS))
     if unknown:
         raise KeyError(f"no scorer for domain(s) {unknown}; scorers exist for {list(DOMAINS)}")
+    empty = [i for i, truth in enumerate(ground_truths) if not str(truth).strip()]
+    if empty:
+        raise ValueError(
+            f"ground truth of response {empty[0]} is empty: a data error (rows without an answer are not scored)"
+        )
     scores = [0.0] * len(responses)
     math_rows = [i for i, d in enumerate(domains) if d == "math"]
     code_rows = [i for i, d in enumerate(domains) if d == "code"]

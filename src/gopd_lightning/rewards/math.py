@@ -8,9 +8,15 @@ runs those checks in worker processes with a per-check kill as a backstop.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 BOX = "\\boxed"
+BOX_OPENING = re.compile(r"\\boxed *\{")
+THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
+"""A number written with thousands separators (``1,234,567.5``): the only commas a plain number may hold."""
+MAX_QUICK_DIGITS = 1000
+"""Longer numbers go to math-verify (Python refuses int() of more than 4,300 digits)."""
 
 
 def strip_thinking(response: str) -> str:
@@ -19,20 +25,23 @@ def strip_thinking(response: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched ``\\boxed{...}`` in ``text``, or None."""
-    start = text.rfind(BOX)
-    while start != -1:
-        cursor = start + len(BOX)
-        while cursor < len(text) and text[cursor] == " ":
-            cursor += 1
-        if cursor < len(text) and text[cursor] == "{":
-            depth = 0
-            for end in range(cursor, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[end], 0)
-                if depth == 0:
-                    return text[cursor + 1 : end]
-        start = text.rfind(BOX, 0, start)
-    return None
+    """Content of the last brace-matched ``\\boxed{...}`` in ``text``, or None.
+
+    One pass over the braces (linear in the text, also for thousands of unclosed boxes): a stack
+    of open braces, each marked when it opens a box; the box that opened last among those that
+    close wins.
+    """
+    openers = {match.end() - 1 for match in BOX_OPENING.finditer(text)}
+    stack: list[int] = []
+    best: tuple[int, int] | None = None
+    for index, char in enumerate(text):
+        if char == "{":
+            stack.append(index)
+        elif char == "}" and stack:
+            start = stack.pop()
+            if start in openers and (best is None or start > best[0]):
+                best = (start, index)
+    return None if best is None else text[best[0] + 1 : best[1]]
 
 
 def normalize_answer(answer: str) -> str:
@@ -40,16 +49,27 @@ def normalize_answer(answer: str) -> str:
     compact = "".join(answer.split())
     digits = compact.lstrip("+-")
     if digits.isdigit():
-        sign = "-" if compact.startswith("-") and int(digits) != 0 else ""
-        return sign + str(int(digits))
+        digits = digits.lstrip("0") or "0"
+        sign = "-" if compact.startswith("-") and digits != "0" else ""
+        return sign + digits
     return compact
 
 
 def as_number(answer: str) -> Fraction | None:
-    """The exact value of a plain decimal or integer answer (``025``, ``-1.50``), else None."""
-    compact = "".join(answer.split()).replace(",", "")
+    """The exact value of a plain decimal or integer answer (``025``, ``-1.50``, ``1,234``), else None.
+
+    Only thousands separators are removed: ``1,2`` is a list, not twelve. Numbers of more than
+    ``MAX_QUICK_DIGITS`` digits are left to math-verify.
+    """
+    compact = "".join(answer.split())
+    if "," in compact:
+        if not THOUSANDS.fullmatch(compact):
+            return None
+        compact = compact.replace(",", "")
+    if not compact or len(compact) > MAX_QUICK_DIGITS or not compact.lstrip("+-").replace(".", "", 1).isdigit():
+        return None
     try:
-        return Fraction(compact) if compact and compact.lstrip("+-").replace(".", "", 1).isdigit() else None
+        return Fraction(compact)
     except (ValueError, ZeroDivisionError):
         return None
 
