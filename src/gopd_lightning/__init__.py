@@ -1,18 +1,32 @@
-"""gopd-lightning: Generalized On-Policy Distillation (G-OPD / ExOPD) of LLMs with PyTorch Lightning."""
+"""gopd-lightning: Generalized On-Policy Distillation (G-OPD / ExOPD) of LLMs with PyTorch Lightning.
 
-from gopd_lightning.data import DataSource, PromptDataModule
-from gopd_lightning.module import GOPDModule
-from gopd_lightning.objective import policy_gradient_loss, token_advantages
-from gopd_lightning.policy import PolicyModule, UpdateConfig
-from gopd_lightning.rollout import SamplingConfig
+The names below load on first use, so that a light submodule (the math scorer's worker processes
+import ``gopd_lightning.rewards.math``) does not pay for torch, Lightning and transformers.
+"""
 
-__all__ = [
-    "DataSource",
-    "GOPDModule",
-    "PolicyModule",
-    "PromptDataModule",
-    "SamplingConfig",
-    "UpdateConfig",
-    "policy_gradient_loss",
-    "token_advantages",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataSource": "gopd_lightning.data",
+    "GOPDModule": "gopd_lightning.module",
+    "PolicyModule": "gopd_lightning.policy",
+    "PromptDataModule": "gopd_lightning.data",
+    "SamplingConfig": "gopd_lightning.rollout",
+    "UpdateConfig": "gopd_lightning.policy",
+    "policy_gradient_loss": "gopd_lightning.objective",
+    "token_advantages": "gopd_lightning.objective",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gopd_lightning' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
