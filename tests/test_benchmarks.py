@@ -19,7 +19,8 @@ from gopd_lightning.data.benchmarks import decode_private_tests
 
 BENCHMARKS = Path(__file__).parents[2] / "shared" / "data" / "benchmarks"
 needs_shared = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="../shared/data/benchmarks is absent")
-LCB_FIXTURE = Path(__file__).parent / "fixtures" / "livecodebench_lite.jsonl"
+FIXTURES = Path(__file__).parent / "fixtures"
+LCB_FIXTURE = FIXTURES / "livecodebench_lite.jsonl"
 SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 EVALPLUS = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
 LCB_SYSTEM = (
@@ -28,9 +29,9 @@ LCB_SYSTEM = (
 )
 
 
-def raw_records(file: str) -> dict[str, dict]:
+def raw_records(file: str, where: Path = BENCHMARKS) -> dict[str, dict]:
     """The upstream records of a gzipped EvalPlus file by task id (``Mbpp/<n>`` for MBPP's integer ids)."""
-    with gzip.open(BENCHMARKS / file, "rt") as handle:
+    with gzip.open(where / file, "rt") as handle:
         records = [json.loads(line) for line in handle]
     return {r["task_id"] if isinstance(r["task_id"], str) else f"Mbpp/{r['task_id']}": r for r in records}
 
@@ -38,7 +39,9 @@ def raw_records(file: str) -> dict[str, dict]:
 def program(solution: str, ground_truth: str) -> str:
     """The sandbox's program for a script test spec."""
     spec = json.loads(ground_truth)
-    entry = f"\ncheck({spec['entry_point']})" if spec.get("entry_point") else ""
+    entry = (
+        f"\nif callable(globals().get('check')):\n    check({spec['entry_point']})" if spec.get("entry_point") else ""
+    )
     return f"{solution}\n{spec['test']}{entry}"
 
 
@@ -72,28 +75,80 @@ def test_benchmark_files_load(name: str, file: str, count: int, first_last: tupl
         assert message["role"] == "user"
         if code:
             assert message["content"].startswith(EVALPLUS + "\n```\n") and message["content"].endswith("\n```\n")
-            assert code_spec_form(row["ground_truth"]) == "script"
-            assert ("entry_point" in json.loads(row["ground_truth"])) == (name == "humaneval_plus")
+            assert code_spec_form(row["ground_truth"]) == "reference"
+            assert {"entry_point", "reference"} <= set(json.loads(row["ground_truth"]))
         else:
             assert message["content"].endswith("\n\n" + SUFFIX) and message["content"].count(SUFFIX) == 1
             assert "Let's think step by step" not in message["content"] and row["ground_truth"]
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "ids"),
+    [
+        ("aime24", "aime24.parquet", ["aime24/0", "aime24/1", "aime24/2"]),
+        ("aime25", "aime25.parquet", ["0", "1", "2"]),
+        ("hmmt25_feb", "hmmt_feb_2025.jsonl", ["1", "2", "3"]),
+        (
+            "math500",
+            "math500.json",
+            [
+                "test/precalculus/807.json",
+                "test/intermediate_algebra/1994.json",
+                "test/algebra/2584.json",
+                "test/number_theory/572.json",
+                "test/algebra/1349.json",
+            ],
+        ),
+        (
+            "humaneval_plus",
+            "humanevalplus-originfmt.jsonl.gz",
+            ["HumanEval/32", "HumanEval/39", "HumanEval/55", "HumanEval/83"],
+        ),
+        (
+            "humaneval_plus",
+            "humanevalplus-mini.jsonl.gz",
+            ["HumanEval/0", "HumanEval/32", "HumanEval/55", "HumanEval/83"],
+        ),
+        ("mbpp_plus", "mbppplus-originfmt.jsonl.gz", ["Mbpp/232", "Mbpp/630", "Mbpp/737", "Mbpp/793"]),
+    ],
+)
+def test_fixture_subsets_load_like_the_full_files(name: str, file: str, ids: list[str]) -> None:
+    """The shipped subsets (tests/fixtures) go through the same loaders on every clone."""
+    data = load_benchmark(name, str(FIXTURES / file))
+    assert data["id"] == ids and set(data["source"]) == {name}
+    for row in data:
+        if name in ("humaneval_plus", "mbpp_plus"):
+            assert code_spec_form(row["ground_truth"]) == "reference"
+        else:
+            assert row["ground_truth"] and row["prompt"][0]["content"].endswith("\n\n" + SUFFIX)
 
 
 @needs_shared
 @pytest.mark.parametrize(
     ("name", "file", "row_id", "gold"),
     [
-        ("aime24", "aime24.parquet", "aime24/1", "25"),  # upstream "025"
         ("aime24", "aime24.parquet", "aime24/15", "73"),  # upstream "073"
         ("aime25", "aime25.parquet", "19", "336"),  # upstream "336^\circ"
-        ("aime25", "aime25.parquet", "0", "70"),
-        ("hmmt25_feb", "hmmt_feb_2025.jsonl", "3", "\\frac{1}{576}"),
         ("hmmt25_feb", "hmmt_feb_2025.jsonl", "10", "\\frac{-1+\\sqrt{17}}{2}, \\frac{-1-\\sqrt{17}}{2}"),
         ("math500", "math500.json", "test/precalculus/807.json", "\\left( 3, \\frac{\\pi}{2} \\right)"),
     ],
 )
 def test_math_gold_answers(name: str, file: str, row_id: str, gold: str) -> None:
     data = load_benchmark(name, str(BENCHMARKS / file))
+    assert dict(zip(data["id"], data["ground_truth"], strict=True))[row_id] == gold
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "row_id", "gold"),
+    [
+        ("aime24", "aime24.parquet", "aime24/1", "25"),  # upstream "025"
+        ("aime25", "aime25.parquet", "0", "70"),
+        ("hmmt25_feb", "hmmt_feb_2025.jsonl", "3", "\\frac{1}{576}"),
+        ("math500", "math500.json", "test/precalculus/807.json", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ],
+)
+def test_math_gold_answers_of_the_fixtures(name: str, file: str, row_id: str, gold: str) -> None:
+    data = load_benchmark(name, str(FIXTURES / file))
     assert dict(zip(data["id"], data["ground_truth"], strict=True))[row_id] == gold
 
 
@@ -116,11 +171,10 @@ def test_evalplus_prompts_are_evalplus_chat_prompts() -> None:
     )
 
 
-@needs_shared
 @pytest.mark.parametrize("file", ["humanevalplus-originfmt.jsonl.gz", "humanevalplus-mini.jsonl.gz"])
 def test_find_zero_is_checked_with_evalplus_tolerance_oracle(file: str) -> None:
-    task = raw_records(file)["HumanEval/32"]
-    spec = {row["id"]: row for row in load_benchmark("humaneval_plus", str(BENCHMARKS / file))}["HumanEval/32"]
+    task = raw_records(file, FIXTURES)["HumanEval/32"]
+    spec = {row["id"]: row for row in load_benchmark("humaneval_plus", str(FIXTURES / file))}["HumanEval/32"]
     ground_truth = spec["ground_truth"]
     assert passes(program(task["prompt"] + task["canonical_solution"], ground_truth))
     assert not passes(program(task["prompt"] + "    return 0.5\n", ground_truth))
@@ -129,22 +183,21 @@ def test_find_zero_is_checked_with_evalplus_tolerance_oracle(file: str) -> None:
         assert not passes(program(task["prompt"] + task["canonical_solution"], unpatched))
 
 
-@needs_shared
 def test_evalplus_format_check_runs_base_and_plus_inputs_against_the_reference() -> None:
-    task = raw_records("humanevalplus-mini.jsonl.gz")["HumanEval/0"]
-    ground_truth = load_benchmark("humaneval_plus", str(BENCHMARKS / "humanevalplus-mini.jsonl.gz"))[0]["ground_truth"]
+    task = raw_records("humanevalplus-mini.jsonl.gz", FIXTURES)["HumanEval/0"]
+    ground_truth = load_benchmark("humaneval_plus", str(FIXTURES / "humanevalplus-mini.jsonl.gz"))[0]["ground_truth"]
     assert passes(program(task["prompt"] + task["canonical_solution"], ground_truth))
     # right on the docstring examples, wrong when the closest pair is not adjacent in the list
     sloppy = "    return any(abs(a - b) < threshold for a, b in zip(numbers, numbers[1:]))\n"
     assert not passes(program(task["prompt"] + sloppy, ground_truth))
 
 
-@needs_shared
 def test_mbpp_program_is_code_and_test() -> None:
-    task = raw_records("mbppplus-originfmt.jsonl.gz")["Mbpp/2"]
-    ground_truth = load_benchmark("mbpp_plus", str(BENCHMARKS / "mbppplus-originfmt.jsonl.gz"))[0]["ground_truth"]
+    task = raw_records("mbppplus-originfmt.jsonl.gz", FIXTURES)["Mbpp/232"]
+    ground_truth = load_benchmark("mbpp_plus", str(FIXTURES / "mbppplus-originfmt.jsonl.gz"))[0]["ground_truth"]
+    assert json.loads(ground_truth)["entry_point"] == "larg_nnum"
     assert passes(program(task["code"], ground_truth))
-    assert not passes(program("def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n", ground_truth))
+    assert not passes(program("def larg_nnum(items, n):\n    return sorted(items)[:n]\n", ground_truth))
 
 
 def test_livecodebench_fixture_decodes_tests_and_builds_upstream_prompts() -> None:
@@ -156,17 +209,20 @@ def test_livecodebench_fixture_decodes_tests_and_builds_upstream_prompts() -> No
     assert json.loads(rows["abc901_a"]["ground_truth"]) == {
         "inputs": ["3 5\n", "1 1\n", "100 100\n"],
         "outputs": ["8\n", "2\n", "200\n"],
+        "timeout_s": 6.0,
     }
     # functional problems: each input is newline-separated JSON arguments; private tests plain JSON or compressed
     assert json.loads(rows["3901"]["ground_truth"]) == {
         "inputs": [[[1, 2, 3, 4], 2], [[2, 4, 6], 1], [[5], 3]],
         "outputs": [2, 3, 0],
         "fn_name": "countMultiples",
+        "timeout_s": 6.0,
     }
     assert json.loads(rows["3960"]["ground_truth"]) == {
         "inputs": [["a b"], ["x y z"]],
         "outputs": ["b a", "z y x"],
         "fn_name": "reverseWords",
+        "timeout_s": 6.0,
     }
     records = {r["question_id"]: r for r in map(json.loads, LCB_FIXTURE.read_text().splitlines())}
     assert rows["abc901_a"]["prompt"] == [

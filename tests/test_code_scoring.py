@@ -5,36 +5,17 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gopd_lightning.rewards import code as code_rewards
-from gopd_lightning.rewards import sandbox
 from gopd_lightning.rewards.code import extract_code, score_code, score_code_batch
 from gopd_lightning.rewards.sandbox import SandboxLimits
 
-HUMANEVAL_MINI = Path(__file__).resolve().parents[2] / "shared/data/benchmarks/humanevalplus-mini.jsonl.gz"
+HUMANEVAL_MINI = Path(__file__).parent / "fixtures" / "humanevalplus-mini.jsonl.gz"
 QUICK = SandboxLimits(wall_time_s=5.0, cpu_time_s=3)
-
-
-@pytest.fixture(autouse=True)
-def usable_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Scoring logic is tested everywhere: where namespaces are unavailable, in weak mode."""
-    if check_fails():
-        monkeypatch.setenv(sandbox.WEAK_ENV, "weak")
-    yield
-
-
-def check_fails() -> bool:
-    try:
-        sandbox.check_sandbox()
-    except sandbox.SandboxUnavailable:
-        return True
-    return False
+pytestmark = pytest.mark.usefixtures("usable_sandbox")
 
 
 def answer(code: str, language: str = "python") -> str:
@@ -97,7 +78,8 @@ ADD = {"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]}
         ("import os\na, b = map(int, open(0).read().split())\nos.write(1, b'%d\\n' % (a + b))", 1.0),
         ("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)", 0.0),  # second case wrong
         ("a, b = map(int, input().split())\nprint(a + b)\nprint('debug')", 0.0),
-        ("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(2)", 0.0),
+        ("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(2)", 1.0),  # lcb_runner: a normal end
+        ("a, b = map(int, input().split())\nprint(a + b)\nraise ValueError", 0.0),
         ("print(undefined_name)", 0.0),
     ],
 )
@@ -105,12 +87,15 @@ def test_stdin_stdout_tests(solution: str, expected: float) -> None:
     assert score(solution, ADD) == expected
 
 
-def test_stdout_numbers() -> None:
+def test_stdout_is_compared_line_by_line_like_lcb_runner() -> None:
+    """lcb_runner: as many stripped lines; each equal as text, or as a list of Decimal tokens."""
     third = {"inputs": ["3\n"], "outputs": ["0.333333333 1\n"]}
-    assert score("print(1 / int(input()), 1)", third) == 1.0
-    assert score("print(f'{1 / int(input()):.7f}', 1)", third) == 1.0
-    assert score("print(1 / int(input()) + 1e-4, 1)", third) == 0.0
-    assert score("print(1000001)", {"inputs": [""], "outputs": ["1000000"]}) == 0.0, "integers match exactly"
+    assert score("print(f'{1 / int(input()):.9f}', 1)", third) == 1.0
+    assert score("print(f'{1 / int(input()):.9f}  1.0  ')", third) == 1.0, "Decimal('1.0') == Decimal('1')"
+    assert score("print(1 / int(input()), 1)", third) == 0.0, "no float tolerance: 0.3333333333333333 differs"
+    assert score("print(f'{1 / int(input()):.9f}')\nprint(1)", third) == 0.0, "the same tokens on other lines"
+    assert score("print(1000001)", {"inputs": [""], "outputs": ["1000000"]}) == 0.0
+    assert score("print('yes  ')\nprint()\n", {"inputs": [""], "outputs": ["\nyes\n\n"]}) == 1.0
 
 
 TWO_SUM = {"inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]], "outputs": [[0, 1], [1, 2]], "fn_name": "twoSum"}
@@ -131,9 +116,12 @@ def test_functional_tests() -> None:
     top_level = "def twoSum(nums, target):\n    return [nums.index(target - nums[-1]), len(nums) - 1]"
     assert score(top_level, {"inputs": [[[1, 5, 3], 4]], "outputs": [[0, 2]], "fn_name": "twoSum"}) == 1.0
     assert score("def other(nums, target):\n    return [0, 1]", TWO_SUM) == 0.0
-    mean = {"inputs": [[[1, 2, 2]], [[1, 1]]], "outputs": [1.6666667, 1], "fn_name": "mean"}
+    mean = {"inputs": [[[1, 2, 3]], [[1, 1]]], "outputs": [2.0, 1], "fn_name": "mean"}
     assert score("def mean(values):\n    return sum(values) / len(values)", mean) == 1.0
-    assert score("def mean(values):\n    return sum(values) / len(values) + 1e-3", mean) == 0.0
+    assert score("def mean(values):\n    return sum(values) / len(values) + 1e-9", mean) == 0.0, "== as lcb_runner"
+    nested = {"inputs": [[1]], "outputs": [[[1, 2]]], "fn_name": "pairs"}
+    assert score("def pairs(x):\n    return ([x, 2],)", nested) == 1.0, "only the outer tuple counts as a list"
+    assert score("def pairs(x):\n    return [(x, 2)]", nested) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -157,32 +145,18 @@ def test_bad_specs_raise() -> None:
         score_code(answer("print(1)"), json.dumps({"inputs": ["1"], "outputs": [1], "fn_name": "f"}))
 
 
-def test_batch_is_parallel_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
-    active_slots, overlaps, lock = set(), [], threading.Lock()
-    run_python = code_rewards.run_python
-
-    def tracking_run_python(*args, slot: int, **kwargs):
-        with lock:
-            overlaps.append(slot in active_slots)
-            active_slots.add(slot)
-        try:
-            return run_python(*args, slot=slot, **kwargs)
-        finally:
-            with lock:
-                active_slots.discard(slot)
-
-    monkeypatch.setattr(code_rewards, "run_python", tracking_run_python)
+def test_batch_is_parallel_and_ordered() -> None:
     sleepy = "import time\ntime.sleep(1)\n"
     responses = [answer(sleepy + f"print({value})") for value in (1, 2, 3, 4, 5, 6)]
-    truths = [json.dumps({"inputs": [""], "outputs": [str(expected)]}) for expected in (1, 0, 3, 4, 0, 6)]
+    truths = [
+        json.dumps({"inputs": [""], "outputs": [str(expected)], "timeout_s": 3}) for expected in (1, 0, 3, 4, 0, 6)
+    ]
     started = time.monotonic()
     assert score_code_batch(responses, truths, max_workers=6, limits=QUICK) == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     assert time.monotonic() - started < 4, "six one-second runs overlap"
-    assert len(overlaps) == 6 and not any(overlaps), "runs in flight never share a slot"
     assert score_code_batch([], []) == []
 
 
-@pytest.mark.skipif(not HUMANEVAL_MINI.exists(), reason=f"{HUMANEVAL_MINI} is absent")
 def test_humanevalplus_canonical_solutions_pass() -> None:
     with gzip.open(HUMANEVAL_MINI, "rt") as lines:
         tasks = [json.loads(line) for line in itertools.islice(lines, 3)]
@@ -200,3 +174,65 @@ def test_humanevalplus_canonical_solutions_pass() -> None:
         assert score_code(answer(reference), spec) == 1.0, task["task_id"]
         wrong = task["prompt"] + "    return None\n"
         assert score_code(answer(wrong), spec) == 0.0, task["task_id"]
+
+
+LCB_FIXTURE = Path(__file__).parent / "fixtures" / "livecodebench_lite.jsonl"
+LCB_SOLUTIONS = {  # (a correct answer as a contestant writes it, one that only a lenient checker accepts)
+    "abc901_a": (
+        "a, b = map(int, input().split())\nprint(a + b)",
+        "a, b = map(int, input().split())\nprint(a + b + 1e-7)",
+    ),
+    "2051A": (
+        "from itertools import groupby\nprint(max(len(list(g)) for _, g in groupby(input().strip())))",
+        "from itertools import groupby\nprint(max(len(list(g)) for _, g in groupby(input().strip())) + 1e-7)",
+    ),
+    "3901": (
+        "class Solution:\n    def countMultiples(self, nums: List[int], k: int) -> int:\n"
+        "        return sum(1 for x in nums if x % k == 0)",
+        "class Solution:\n    def countMultiples(self, nums: List[int], k: int) -> int:\n"
+        "        return sum(1 for x in nums if x % k == 0) + 1e-9",
+    ),
+    "3960": (
+        "class Solution:\n    def reverseWords(self, s: str) -> str:\n        return ' '.join(reversed(s.split()))",
+        "class Solution:\n    def reverseWords(self, s: str) -> str:\n"
+        "        return ' '.join(reversed(s.split())) + ' '",
+    ),
+}
+
+
+def test_livecodebench_rows_are_graded_like_lcb_runner() -> None:
+    """The fixture's problems: correct answers pass (``List`` needs no import, as under lcb_runner's prelude);
+    answers off by a float epsilon, split across lines or padded fail, as lcb_runner fails them."""
+    from gopd_lightning.data import load_benchmark
+
+    rows = load_benchmark("livecodebench", str(LCB_FIXTURE), start_date=None, end_date=None).to_list()
+    assert sorted(row["id"] for row in rows) == sorted(LCB_SOLUTIONS)
+    for row in rows:
+        right, lenient_only = LCB_SOLUTIONS[row["id"]]
+        assert score_code(answer(right), row["ground_truth"]) == 1.0, row["id"]
+        assert score_code(answer(lenient_only), row["ground_truth"]) == 0.0, row["id"]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected", "verdict"),
+    [
+        ("8\n", "8", True),
+        ("  8  \n\n", "8\n", True),  # the whole text and each line are stripped
+        ("1 2\n3", "1 2 3", False),  # the line structure counts
+        ("1.0 2", "1 2", True),  # Decimal tokens
+        ("1e2", "100", True),
+        ("0.5000001", "0.5", False),  # no float tolerance
+        ("1  2", "1 2", True),
+        ("YES", "yes", False),
+        ("nan", "nan", True),  # equal as text
+        ("NaN 1", "nan 1", False),  # Decimal NaNs are never equal
+    ],
+)
+def test_stdout_comparison_matches_lcb_runner(prediction: str, expected: str, verdict: bool) -> None:
+    assert code_rewards_same_stdout(prediction, expected) is verdict
+
+
+def code_rewards_same_stdout(prediction: str, expected: str) -> bool:
+    from gopd_lightning.rewards.code import same_stdout
+
+    return same_stdout(prediction, expected)

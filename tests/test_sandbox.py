@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -19,13 +20,13 @@ from gopd_lightning.rewards import sandbox
 from gopd_lightning.rewards.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
-    _interpreter_paths,
+    _filesystem_plan,
     check_sandbox,
     run_python,
 )
 
-SLOT = 7
-UID = sandbox.BASE_UID + SLOT
+UID = sandbox.BASE_UID  # the first free slot: this file's runs are the host's only ones
+SANDBOX_UIDS = range(sandbox.BASE_UID, sandbox.BASE_UID + sandbox.MAX_SLOTS)
 QUICK = SandboxLimits(wall_time_s=3.0, cpu_time_s=2)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,19 +36,19 @@ def _backend() -> str | None:
 
 
 needs_root_backend = pytest.mark.skipif(
-    os.geteuid() != 0, reason="containment tests find sandbox processes by their slot uid (root backend)"
+    os.geteuid() != 0, reason="containment tests find sandbox processes by their uids (root backend)"
 )
 
 
-def processes_of(uid: int) -> list[int]:
-    """Pids of host processes whose real uid is ``uid``."""
+def sandbox_processes(uids: range = SANDBOX_UIDS) -> list[int]:
+    """Pids of host processes whose real uid is a sandbox uid."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:  # exited meanwhile
             continue
-        if int(status.split("Uid:")[1].split()[0]) == uid:
+        if int(status.split("Uid:")[1].split()[0]) in uids:
             pids.append(int(pid))
     return pids
 
@@ -55,17 +56,17 @@ def processes_of(uid: int) -> list[int]:
 @pytest.fixture(autouse=True)
 def isolation(request: pytest.FixtureRequest) -> Iterator[None]:
     """Namespace tests fail where the sandbox cannot be built (skip if GOPD_SANDBOX=weak says it cannot);
-    no test may leave a process of the slot uid behind."""
+    no test may leave a process of a sandbox uid behind."""
     if "weak_host" not in request.fixturenames:
         if _backend() is None and os.environ.get(sandbox.WEAK_ENV) == "weak":
             pytest.skip(f"{sandbox.WEAK_ENV}=weak and no namespace sandbox here: {sandbox._namespace_probe()[1]}")
         if _backend() is None:
             pytest.fail(f"the sandbox fails here ({sandbox._namespace_probe()[1]}); {sandbox.WEAK_ENV}=weak skips this")
         if _backend() == "root":
-            assert processes_of(UID) == []
+            assert sandbox_processes() == []
     yield
     if _backend() == "root":
-        assert processes_of(UID) == [], "a sandboxed process outlived run_python"
+        assert sandbox_processes() == [], "a sandboxed process outlived run_python"
 
 
 @pytest.fixture
@@ -80,16 +81,16 @@ def open_host_dir() -> Iterator[Path]:
 
 
 def run(source: str, stdin: str = "", limits: SandboxLimits = QUICK) -> sandbox.SandboxResult:
-    return run_python(source, stdin=stdin, limits=limits, slot=SLOT)
+    return run_python(source, stdin=stdin, limits=limits)
 
 
 def peak_processes_during(action: Callable[[], sandbox.SandboxResult]) -> tuple[sandbox.SandboxResult, int]:
-    """Run ``action`` while sampling how many processes the slot uid has; returns its result and the peak."""
+    """Run ``action`` while sampling how many sandbox processes there are; returns its result and the peak."""
     peak, done = [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], len(processes_of(UID)))
+            peak[0] = max(peak[0], len(sandbox_processes()))
             time.sleep(0.01)
 
     watcher = threading.Thread(target=sample)
@@ -211,7 +212,8 @@ def test_host_tmp_is_invisible() -> None:
     finally:
         secret.unlink()
     # only the program's run directory, and the way to the interpreter when it lives under /tmp
-    exposed = {Path(path).relative_to("/tmp").parts[0] for path in _interpreter_paths() if path.startswith("/tmp/")}
+    binds = _filesystem_plan()[0]
+    exposed = {Path(path).relative_to("/tmp").parts[0] for path in binds if path.startswith("/tmp/")}
     assert result.stdout.strip() == f"False {sorted({'run'} | exposed)}"
 
 
@@ -246,7 +248,7 @@ def test_daemon_dies_with_the_program(open_host_dir: Path, ending: str) -> None:
     assert result.timed_out == (ending == "timeout")
     assert int(result.stdout.split()[-1]) >= 5, "the daemon was running"
     assert peak >= 2, "the daemon was visible from the host while the program ran"
-    assert processes_of(UID) == [], "nothing of the run survives it, the setsid daemon included"
+    assert sandbox_processes() == [], "nothing of the run survives it, the setsid daemon included"
     time.sleep(0.2)
     assert list(open_host_dir.iterdir()) == [], "the host directory never got a heartbeat"
 
@@ -307,7 +309,7 @@ def test_weak_mode_only_when_allowed(weak_host: None, monkeypatch: pytest.Monkey
         assert check_sandbox(allow_weak=True) == "weak"
     monkeypatch.setenv(sandbox.WEAK_ENV, "weak")
     assert check_sandbox() == "weak"
-    result = run_python("import os; print(input(), os.getuid())", stdin="hi", slot=SLOT)
+    result = run_python("import os; print(input(), os.getuid())", stdin="hi")
     assert result.returncode == 0 and result.stdout == f"hi {os.getuid()}\n"
 
 
@@ -329,3 +331,98 @@ def test_weak_mode_kills_the_process_group(weak_host: None, tmp_path: Path) -> N
     time.sleep(0.3)
     assert len(beats) > 5 and heartbeat.read_text() == beats, "the child stopped with the program"
     assert set(Path(tempfile.gettempdir()).glob("gopd-sandbox-*")) == workdirs, "the work directory is removed"
+
+
+# ------------------------------------------------------------------ whole-run limits and a minimal root
+
+
+@needs_root_backend
+def test_memory_is_capped_for_the_whole_run_not_per_process() -> None:
+    children = (
+        "import os, time\n"
+        "for _ in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        block = bytearray(200 << 20)\n"
+        "        block[::4096] = b'x' * len(block[::4096])\n"
+        "        time.sleep(5)\n"
+        "        os._exit(0)\n"
+        "for _ in range(4):\n"
+        "    os.wait()\n"
+        "print('all children done')\n"
+    )
+    limits = SandboxLimits(wall_time_s=8, memory_mb=1024, total_memory_mb=500)
+    started = time.monotonic()
+    result = run(children, limits=limits)
+    assert result.memory_exceeded and result.returncode == 128 + signal.SIGKILL, result
+    assert "all children done" not in result.stdout and time.monotonic() - started < 4
+    alone = run(children.replace("range(4)", "range(1)"), limits=dataclasses.replace(limits, wall_time_s=10))
+    assert not alone.memory_exceeded and alone.stdout == "all children done\n"
+
+
+@needs_root_backend
+def test_concurrent_runs_have_their_own_uid_and_process_budget() -> None:
+    """A neighbour holding most of its process budget does not make another run's forks fail."""
+    greedy = (
+        "import os, time\nprint(os.getuid(), flush=True)\n"
+        + "".join("if os.fork() == 0:\n    time.sleep(1.5)\n    os._exit(0)\n" for _ in range(12))
+        + "time.sleep(1.5)\n"
+    )
+    modest = (
+        "import os, time\ntime.sleep(0.5)\nchildren = []\nfor _ in range(6):\n    child = os.fork()\n"
+        "    if child == 0:\n        time.sleep(0.5)\n        os._exit(0)\n    children.append(child)\n"
+        "print(os.getuid(), 'forked', len(children))\n"
+    )
+    limits = SandboxLimits(wall_time_s=5, processes=16)
+    results: dict[str, sandbox.SandboxResult] = {}
+    threads = [
+        threading.Thread(target=lambda name=name, source=source: results.__setitem__(name, run(source, limits=limits)))
+        for name, source in (("greedy", greedy), ("modest", modest))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    greedy_uid = int(results["greedy"].stdout.split()[0])
+    modest_uid, verdict = results["modest"].stdout.split(maxsplit=1)
+    assert results["modest"].returncode == 0 and verdict.strip() == "forked 6", results["modest"]
+    assert greedy_uid != int(modest_uid) and {greedy_uid, int(modest_uid)} <= set(SANDBOX_UIDS)
+
+
+def test_host_unix_sockets_are_unreachable(open_host_dir: Path) -> None:
+    path = open_host_dir / "host.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen()
+        server.settimeout(0.2)
+        probe = (
+            "import socket, sys\n"
+            "for address in sys.stdin.read().split():\n"
+            "    try:\n"
+            "        socket.socket(socket.AF_UNIX).connect(address)\n"
+            "        print('connected')\n"
+            "    except OSError as error:\n"
+            "        print('refused', error.strerror)\n"
+        )
+        result = run(probe, stdin=f"{path}\n/run/systemd/private\n/var/run/docker.sock\n")
+        with pytest.raises(TimeoutError):
+            server.accept()
+    assert result.returncode == 0 and result.stdout.count("refused") == 3, result
+
+
+def test_only_what_the_interpreter_needs_is_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="gopd-sandbox-path-", dir="/tmp"))
+    (folder / "package").mkdir()
+    (folder / "secret.txt").write_text("host secret")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(folder / "package")])
+    sandbox._filesystem_plan.cache_clear()
+    try:
+        paths = (str(folder), str(REPO / "pyproject.toml"))
+        probe = f"import os; print(*(os.path.exists(p) for p in {paths!r}), sorted(os.listdir('/')))"
+        result = run(probe)
+    finally:
+        sandbox._filesystem_plan.cache_clear()
+        shutil.rmtree(folder)
+    seen, repo_seen, top = result.stdout.split(maxsplit=2)
+    assert (seen, repo_seen) == ("False", "False"), "a sys.path folder under /tmp and the checkout stay hidden"
+    assert "home" not in top and "mnt" not in top and "srv" not in top

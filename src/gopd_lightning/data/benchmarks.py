@@ -39,8 +39,12 @@ from gopd_lightning.data.schema import (
 )
 from gopd_lightning.data.sources import Records, answer_text, dataset_records, hub_records, read_records
 
-# EvalPlus' "plus" inputs are large: canonical solutions take up to 8 s (HumanEval/15) and 20-40 s (Mbpp/599)
-EVALPLUS_TIMEOUT_S = 120.0
+# EvalPlus' "plus" inputs are large: canonical solutions take up to 8 s (HumanEval/15), 20-40 s (Mbpp/599), and
+# recording Mbpp/255's millions of output tuples about a minute;
+# this bounds the reference's own runs, while candidates get EvalPlus' per-call limits (see rewards.code)
+EVALPLUS_TIMEOUT_S = 300.0
+LCB_TIMEOUT_S = 6.0  # lcb_runner's default per-test timeout
+MBPP_ENTRY_CALL = re.compile(r"assertion\((\w+)\(\*inp\)")
 
 VERL_MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 EVALPLUS_INSTRUCTION = (
@@ -210,11 +214,12 @@ def evalplus_prompt(task_prompt: str) -> list[dict[str, str]]:
 def humaneval_row(record: Mapping, index: int, name: str) -> Row:
     """A HumanEval+ task from the original format (``test`` defines ``check``) or EvalPlus' own format (inputs)."""
     task_id, entry_point = record["task_id"], record["entry_point"]
+    reference = record["prompt"] + record["canonical_solution"]
     if "test" in record:
         test = _with_find_zero_oracle(record["test"]) if task_id in EVALPLUS_ORACLES else record["test"]
     else:
         test = EVALPLUS_CHECK.substitute(
-            reference=repr(record["prompt"] + record["canonical_solution"]),
+            reference=repr(reference),
             inputs=repr(json.dumps(record["base_input"] + record["plus_input"])),
             atol=repr(record["atol"]),
             entry_point=repr(entry_point),
@@ -224,7 +229,7 @@ def humaneval_row(record: Mapping, index: int, name: str) -> Row:
         "id": task_id,
         "domain": "code",
         "prompt": evalplus_prompt(record["prompt"]),
-        "ground_truth": script_spec(test, entry_point, EVALPLUS_TIMEOUT_S),
+        "ground_truth": script_spec(test, entry_point, EVALPLUS_TIMEOUT_S, reference),
     }
 
 
@@ -232,11 +237,16 @@ def mbpp_row(record: Mapping, index: int, name: str) -> Row:
     """An MBPP+ task (original format): the prompt shows the statement and its first assertion, as EvalPlus does."""
     task_id = str(record["task_id"])
     task_prompt = f'"""\n{record["prompt"]}\n{record["test_list"][0]}\n"""\n'
+    entry_call = MBPP_ENTRY_CALL.search(record["test"])
+    if entry_call is None:  # plain asserts only: the weaker script form (see rewards.code)
+        ground_truth = script_spec(record["test"], timeout_s=EVALPLUS_TIMEOUT_S)
+    else:
+        ground_truth = script_spec(record["test"], entry_call[1], EVALPLUS_TIMEOUT_S, record["code"])
     return {
         "id": task_id if task_id.startswith("Mbpp/") else f"Mbpp/{task_id}",
         "domain": "code",
         "prompt": evalplus_prompt(task_prompt),
-        "ground_truth": script_spec(record["test"], timeout_s=EVALPLUS_TIMEOUT_S),
+        "ground_truth": ground_truth,
     }
 
 
@@ -251,9 +261,10 @@ def livecodebench_row(record: Mapping, index: int, name: str) -> Row:
             [[json.loads(line) for line in text.split("\n")] for text in inputs],
             [json.loads(text) for text in outputs],
             fn_name,
+            LCB_TIMEOUT_S,
         )
     else:
-        ground_truth = stdio_spec(inputs, outputs)
+        ground_truth = stdio_spec(inputs, outputs, LCB_TIMEOUT_S)
     return {
         "id": record["question_id"],
         "domain": "code",

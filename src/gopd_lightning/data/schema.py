@@ -5,14 +5,18 @@ A row is a dict with ``id`` (str), ``domain`` (str: names the teacher that score
 for math, a JSON test spec for code; may be empty when nothing can be checked) and, optionally,
 ``source`` (str: the benchmark or source the row came from, for per-benchmark metrics).
 
-A code test spec is a JSON object in exactly one of three forms (the code sandbox runs them):
+A code test spec is a JSON object in one of these forms (``rewards.code`` says how each is judged):
 
+- reference: ``{"test": str, "entry_point": str, "reference": str, "timeout_s": number (optional)}``:
+  a benchmark's check and its reference solution (EvalPlus); the check never shares a process with
+  the candidate;
 - script: ``{"test": str, "entry_point": str (optional), "timeout_s": number (optional)}``; the
-  program is ``solution + "\\n" + test``, plus ``"\\ncheck(<entry_point>)"`` when there is an entry point;
-- stdio: ``{"inputs": [str, ...], "outputs": [str, ...]}``: each input is fed on stdin and the
-  program must print the matching output;
-- functional: ``{"inputs": [[arg, ...], ...], "outputs": [value, ...], "fn_name": str}``: each input
-  is the list of positional arguments of ``fn_name``, whose return value must equal the output.
+  program is ``solution + "\\n" + test``, plus ``"\\ncheck(<entry_point>)"`` when there is an entry point
+  (weaker: for datasets with only assert-style tests);
+- stdio: ``{"inputs": [str, ...], "outputs": [str, ...], "timeout_s": number (optional)}``: each input
+  is fed on stdin and the program must print the matching output;
+- functional: ``{"inputs": [[arg, ...], ...], "outputs": [value, ...], "fn_name": str, "timeout_s": ...}``:
+  each input is the list of positional arguments of ``fn_name``, whose return value must equal the output.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def rows_dataset(rows: Sequence[Row]) -> datasets.Dataset:
 
 
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
-SCRIPT_KEYS, STDIO_KEYS, FUNCTIONAL_KEYS = {"test", "entry_point", "timeout_s"}, {"inputs", "outputs"}, {"fn_name"}
+SCRIPT_KEYS = {"test", "entry_point", "timeout_s", "reference"}
+STDIO_KEYS, FUNCTIONAL_KEYS = {"inputs", "outputs", "timeout_s"}, {"fn_name"}
 
 
 def validate_row(row: Mapping, where: str) -> Row:
@@ -89,24 +94,36 @@ def math_prompt(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def script_spec(test: str, entry_point: str | None = None, timeout_s: float | None = None) -> str:
-    """A script test spec: ``test`` runs after the solution (and calls ``check(entry_point)`` if given)."""
+def script_spec(
+    test: str, entry_point: str | None = None, timeout_s: float | None = None, reference: str | None = None
+) -> str:
+    """A test given as code: with a ``reference`` solution, a check the candidate never shares a process with
+    (EvalPlus style); without, a script that runs after the solution (weaker: see ``rewards.code``)."""
     spec: dict[str, Any] = {"test": test}
     if entry_point:
         spec["entry_point"] = entry_point
     if timeout_s is not None:
         spec["timeout_s"] = timeout_s
+    if reference is not None:
+        spec["reference"] = reference
     return _dump(spec)
 
 
-def stdio_spec(inputs: Sequence[str], outputs: Sequence[str]) -> str:
-    """A stdin/stdout test spec."""
-    return _dump({"inputs": list(inputs), "outputs": list(outputs)})
+def stdio_spec(inputs: Sequence[str], outputs: Sequence[str], timeout_s: float | None = None) -> str:
+    """A stdin/stdout test spec (``timeout_s`` per case)."""
+    return _dump(_with_timeout({"inputs": list(inputs), "outputs": list(outputs)}, timeout_s))
 
 
-def functional_spec(inputs: Sequence[Sequence[Any]], outputs: Sequence[Any], fn_name: str) -> str:
-    """A functional test spec: ``fn_name(*inputs[i]) == outputs[i]``."""
-    return _dump({"inputs": [list(args) for args in inputs], "outputs": list(outputs), "fn_name": fn_name})
+def functional_spec(
+    inputs: Sequence[Sequence[Any]], outputs: Sequence[Any], fn_name: str, timeout_s: float | None = None
+) -> str:
+    """A functional test spec: ``fn_name(*inputs[i]) == outputs[i]`` (``timeout_s`` per case)."""
+    spec = {"inputs": [list(args) for args in inputs], "outputs": list(outputs), "fn_name": fn_name}
+    return _dump(_with_timeout(spec, timeout_s))
+
+
+def _with_timeout(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+    return spec if timeout_s is None else {**spec, "timeout_s": timeout_s}
 
 
 def code_spec_form(spec: str | Mapping) -> str:
@@ -124,11 +141,16 @@ def code_spec_form(spec: str | Mapping) -> str:
             raise ValueError(
                 f"script test spec takes a string 'test' and only {sorted(SCRIPT_KEYS)}; got {sorted(keys)}"
             )
-        return "script"
+        if "reference" in keys and not spec.get("entry_point"):
+            raise ValueError("a test spec with a 'reference' solution needs its 'entry_point'")
+        return "reference" if "reference" in keys else "script"
     form = "functional" if "fn_name" in keys else "stdio"
     allowed = STDIO_KEYS | (FUNCTIONAL_KEYS if form == "functional" else set())
-    if keys != allowed:
-        raise ValueError(f"{form} test spec needs exactly the keys {sorted(allowed)}; got {sorted(keys)}")
+    required = allowed - {"timeout_s"}
+    if not required <= keys <= allowed:
+        raise ValueError(
+            f"{form} test spec takes the keys {sorted(allowed)} (all but timeout_s required); got {sorted(keys)}"
+        )
     inputs, outputs = spec["inputs"], spec["outputs"]
     if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs) or not inputs:
         raise ValueError(f"{form} test spec needs non-empty 'inputs' and 'outputs' lists of one length")

@@ -1,7 +1,7 @@
 """Scoring model responses: 1.0 means correct, 0.0 wrong; never raises on model output.
 
 - math: the last ``\\boxed{}`` after any ``</think>``, compared with math-verify in worker processes.
-- code: the last fenced code block, run against the row's tests in a sandbox.
+- code: the last fenced code block, run in a sandbox and judged outside it (``rewards.code``).
 
 ``score`` checks one response; ``score_batch`` checks many in parallel (training rewards and
 evaluation use it).

@@ -3,15 +3,19 @@
 In-process guards can be undone by the code they guard, so every program runs in its own processes:
 
 * a *warden* (``python -c`` with the sandbox half of this file; stdlib only, so it starts in ~10 ms) unshares
-  network, pid and mount namespaces and forks the namespace's *init*, which builds the filesystem view: every
-  mount read-only and nosuid, fresh size-capped tmpfs over ``/tmp``, ``/var/tmp`` and ``/dev/shm``, a fresh
-  ``/proc``, and directories the sandbox user may not traverse (e.g. ``/root`` holding a pyenv interpreter)
-  masked by a tmpfs that re-exposes only what the interpreter needs;
-* init forks the program, which drops to the slot's unprivileged uid (``BASE_UID + slot``; under an unprivileged
-  user namespace it becomes that uid in a nested namespace), sets rlimits and execs ``sys.executable``;
-* init exits when the program does, and the kernel then kills everything left in the pid namespace (daemons
-  included); on timeout the warden kills init. The warden exits only after init is reaped, i.e. after the
-  whole namespace is gone, so nothing outlives :func:`run_python`.
+  network, pid and mount namespaces and forks the namespace's *init*, which builds a fresh root: a tmpfs holding
+  read-only, nosuid bind mounts of only what the interpreter needs (its executable, standard library,
+  site-packages and shared libraries), a few character devices, size-capped tmpfs at ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm``, and a fresh ``/proc``; nothing else of the host (data, home directories, sockets) exists there;
+* init forks the program, which drops to the run's own unprivileged uid (``BASE_UID + slot``, a slot held
+  host-wide for the run, so concurrent runs never share a process budget; under an unprivileged user namespace it
+  becomes that uid in a nested namespace), sets rlimits and execs ``sys.executable``;
+* init watches the resident memory of the whole namespace and kills every process in it past
+  ``SandboxLimits.total_memory_mb``; it exits when the program does, and the kernel then kills everything left in
+  the pid namespace (daemons included); on timeout the warden kills init. The warden exits only after init is
+  reaped, i.e. after the whole namespace is gone, so nothing outlives :func:`run_python`.
+
+A :class:`Watcher` may follow the program's stdout as it comes, move the deadline and stop the run early.
 
 Hosts with neither root nor user namespaces get :class:`SandboxUnavailable`, unless weak mode (rlimits, timeout
 and process-group kill only, same uid as the caller, no isolation) is explicitly allowed.
@@ -19,20 +23,23 @@ and process-group kill only, same uid as the caller, no isolation) is explicitly
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import marshal
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 BASE_UID = 60000
 WEAK_ENV = "GOPD_SANDBOX"
@@ -40,6 +47,9 @@ WORKDIR = "/tmp/run"
 SANDBOX_SIDE = "# ==== sandbox side"
 # the warden's imports; ``signal`` and ``json`` would pull in enum and re: +10 ms on every run
 WARDEN_PRELUDE = "from __future__ import annotations\nimport _signal as signal, marshal, os, sys\n"
+MAX_SLOTS = 4096
+LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
+HOST_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 KILL_GRACE_S = 2.0
 POLL_S = 0.05
 READ_CHUNK = 1 << 16
@@ -51,12 +61,13 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits of one run: wall time for the whole run, the rest per process (``processes``: per slot)."""
+    """Resource limits of one run: wall time and ``total_memory_mb`` for the whole run, the rest per process."""
 
     wall_time_s: float = 10.0
     cpu_time_s: int = 10
     memory_mb: int = 4096  # address space (RLIMIT_AS); EvalPlus allows 4 GiB, Mbpp/255 needs over 1
-    processes: int = 32  # RLIMIT_NPROC of the slot uid (threads count); not applied in weak mode
+    total_memory_mb: int = 4096  # resident memory of all the run's processes together; not applied in weak mode
+    processes: int = 32  # RLIMIT_NPROC of the run's own uid, i.e. of the whole run (threads count); not in weak mode
     file_size_mb: int = 16
     open_files: int = 64
     output_mb: int = 4  # stdout and stderr are each truncated to this
@@ -73,22 +84,34 @@ class SandboxResult:
     timed_out: bool
     truncated: bool = False  # stdout or stderr exceeded ``SandboxLimits.output_mb``
     wall_time_s: float = 0.0
+    memory_exceeded: bool = False  # killed for passing ``SandboxLimits.total_memory_mb``
+    stopped: bool = False  # stopped early by its :class:`Watcher`
+
+
+class Watcher(Protocol):
+    """Follows a program's stdout while it runs: a judge that knows the verdict before the program ends."""
+
+    def deadline(self) -> float:
+        """``time.monotonic()`` by which the program must have made progress (else it is killed as timed out)."""
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next stdout bytes; False stops the run now (its verdict is known)."""
 
 
 def run_python(
     source: str,
     stdin: str = "",
     limits: SandboxLimits | None = None,
-    slot: int = 0,
     allow_weak: bool = False,
+    watcher: Watcher | None = None,
 ) -> SandboxResult:
     """Run ``source`` with ``sys.executable`` in the sandbox; never raises on anything the program does.
 
-    ``slot`` picks the unprivileged uid (``BASE_UID + slot``), so runs in flight at the same time need distinct
-    slots for per-run process limits. Raises :class:`SandboxUnavailable` only for host problems.
+    ``limits.wall_time_s`` bounds the whole run; a ``watcher`` may stop it sooner. Raises
+    :class:`SandboxUnavailable` only for host problems.
     """
     backend = _backend(allow_weak)
-    return _execute(backend, source, stdin, limits or SandboxLimits(), slot)
+    return _execute(backend, source, stdin, limits or SandboxLimits(), watcher)
 
 
 def check_sandbox(allow_weak: bool = False) -> str:
@@ -157,54 +180,58 @@ def _namespace_probe() -> tuple[str | None, str]:
     reasons = []
     for backend in _probe_host():
         try:
-            result = _execute(backend, "import os; print(os.getuid())", "", SandboxLimits(), slot=0)
+            result = _execute(backend, "import os; print(os.getuid())", "", SandboxLimits(), None)
         except SandboxUnavailable as error:
             reasons.append(f"{backend}: {error}")
             continue
-        if result.returncode == 0 and result.stdout.strip() == str(BASE_UID):
+        if result.returncode == 0 and result.stdout.strip().isdigit() and int(result.stdout) >= BASE_UID:
             return backend, ""
         reasons.append(f"{backend}: trial run failed ({result.returncode=}, {result.stderr[-500:]!r})")
     return None, "; ".join(reasons) or "not root and user namespaces are disabled"
 
 
-def _execute(backend: str, source: str, stdin: str, limits: SandboxLimits, slot: int) -> SandboxResult:
-    """Start the warden for one program, feed it, collect bounded output, and stop it at the wall limit."""
+def _execute(backend: str, source: str, stdin: str, limits: SandboxLimits, watcher: Watcher | None) -> SandboxResult:
+    """Start the warden for one program in a slot of its own, feed it, collect bounded output, stop it in time."""
     weak = backend == "weak"
-    workdir = tempfile.mkdtemp(prefix="gopd-sandbox-") if weak else WORKDIR
-    started = time.monotonic()
-    try:
-        with tempfile.TemporaryFile() as source_file, tempfile.TemporaryFile() as stdin_file:
-            for handle, text in ((source_file, source), (stdin_file, stdin)):
-                handle.write(text.encode("utf-8", errors="surrogatepass"))  # any str: never raises
-                handle.seek(0)
-            status_read, status_write = os.pipe()
-            config = {
-                "backend": backend,
-                "uid": BASE_UID + slot,
-                "limits": asdict(limits),
-                "workdir": workdir,
-                "source_fd": source_file.fileno(),
-                "status_fd": status_write,
-                "expose": _interpreter_paths(),
-            }
-            try:
-                warden = subprocess.Popen(
-                    [*_warden_command(), marshal.dumps(config).hex()],  # same interpreter on both ends
-                    stdin=stdin_file,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    pass_fds=(source_file.fileno(), status_write),
-                    env=_program_env(workdir),
-                    start_new_session=weak,
-                )
-            finally:
-                os.close(status_write)
-            streams, timed_out, truncated = _collect(warden, status_read, started + limits.wall_time_s, limits, weak)
-    finally:
+    with contextlib.ExitStack() as stack:
+        slot = 0 if weak else stack.enter_context(_run_slot())
+        workdir = WORKDIR
         if weak:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if streams["status"]:
-        raise SandboxUnavailable(f"sandbox setup failed ({backend}): {streams['status'].decode(errors='replace')}")
+            workdir = stack.enter_context(tempfile.TemporaryDirectory("", "gopd-sandbox-", None, True))
+        source_file, stdin_file = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
+        for handle, text in ((source_file, source), (stdin_file, stdin)):
+            handle.write(text.encode("utf-8", errors="surrogatepass"))  # any str: never raises
+            handle.seek(0)
+        binds, links = _filesystem_plan()
+        status_read, status_write = os.pipe()
+        config = {
+            "backend": backend,
+            "uid": BASE_UID + slot,
+            "limits": asdict(limits),
+            "workdir": workdir,
+            "source_fd": source_file.fileno(),
+            "status_fd": status_write,
+            "binds": binds,
+            "links": links,
+        }
+        started = time.monotonic()
+        try:
+            warden = subprocess.Popen(
+                [*_warden_command(), marshal.dumps(config).hex()],  # same interpreter on both ends
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(source_file.fileno(), status_write),
+                env=_program_env(workdir),
+                start_new_session=weak,
+            )
+        finally:
+            os.close(status_write)
+        outcome = _collect(warden, status_read, started + limits.wall_time_s, limits, weak, watcher)
+    streams, timed_out, truncated, stopped = outcome
+    status = streams["status"].decode(errors="replace")
+    if status and not status.startswith(LIMIT_PREFIX):
+        raise SandboxUnavailable(f"sandbox setup failed ({backend}): {status}")
     code = warden.returncode
     return SandboxResult(
         returncode=None if timed_out else (code if code >= 0 else 128 - code),
@@ -213,36 +240,70 @@ def _execute(backend: str, source: str, stdin: str, limits: SandboxLimits, slot:
         timed_out=timed_out,
         truncated=truncated,
         wall_time_s=time.monotonic() - started,
+        memory_exceeded=status == f"{LIMIT_PREFIX}memory",
+        stopped=stopped,
     )
 
 
+@contextlib.contextmanager
+def _run_slot() -> Iterator[int]:
+    """A slot no other run on this host holds (an flock, so a crashed holder frees it), held for the run."""
+    directory = os.path.join(tempfile.gettempdir(), f"gopd-sandbox-slots-{os.geteuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for slot in range(MAX_SLOTS):
+        fd = os.open(os.path.join(directory, str(slot)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield slot
+        finally:
+            os.close(fd)
+        return
+    raise SandboxUnavailable(f"all {MAX_SLOTS} sandbox slots of this host are busy")
+
+
 def _collect(
-    warden: subprocess.Popen, status_fd: int, deadline: float, limits: SandboxLimits, weak: bool
-) -> tuple[dict[str, bytearray], bool, bool]:
-    """Read stdout, stderr and the setup-status pipe until the warden is done; kill it at ``deadline``.
+    warden: subprocess.Popen,
+    status_fd: int,
+    wall_deadline: float,
+    limits: SandboxLimits,
+    weak: bool,
+    watcher: Watcher | None,
+) -> tuple[dict[str, bytearray], bool, bool, bool]:
+    """Read stdout, stderr and the status pipe until the warden is done; stop it at the deadline or when told.
 
     Keeps at most ``limits.output_mb`` of each stream and drains the rest, so a chatty program never blocks.
-    Returns the streams, whether the wall limit hit, and whether output was truncated.
+    Returns the streams, whether a deadline hit, whether output was truncated, and whether the watcher stopped it.
     """
     assert warden.stdout is not None and warden.stderr is not None
     names = {warden.stdout.fileno(): "stdout", warden.stderr.fileno(): "stderr", status_fd: "status"}
     streams = {name: bytearray() for name in names.values()}
-    bound, truncated, timed_out = limits.output_mb * MIB, False, False
+    bound, truncated, timed_out, stopped = limits.output_mb * MIB, False, False, False
     stops = [lambda: _stop(warden, weak, signal.SIGTERM), lambda: _stop(warden, weak, signal.SIGKILL)]
+    kill_deadline = None  # once stopping: when to escalate to the next signal
+
+    def deadline() -> float:
+        if kill_deadline is not None:
+            return kill_deadline
+        return min(wall_deadline, watcher.deadline()) if watcher else wall_deadline
+
     with selectors.DefaultSelector() as selector:
         for fd in names:
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map() or _running(warden):
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline() or (stopped and kill_deadline is None):
                 if not stops:
                     break
-                timed_out = True
+                timed_out |= not stopped
                 stops.pop(0)()
-                deadline = now + KILL_GRACE_S
+                kill_deadline = now + KILL_GRACE_S
             if weak and not _running(warden):
                 _kill_group(warden)  # stragglers may hold the pipes open
-            for key, _ in selector.select(min(deadline - now, POLL_S)):
+            for key, _ in selector.select(max(min(deadline() - now, POLL_S), 0)):
                 chunk = os.read(key.fd, READ_CHUNK)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -251,13 +312,15 @@ def _collect(
                 room = max(bound - len(buffer), 0)
                 buffer += chunk[:room]
                 truncated |= len(chunk) > room
+                if watcher and names[key.fd] == "stdout" and not stopped and kill_deadline is None:
+                    stopped = not watcher.feed(chunk)  # all of it: the bound is for what is kept
     os.close(status_fd)
     warden.stdout.close()
     warden.stderr.close()
     if weak:
         _kill_group(warden)
     warden.wait()
-    return streams, timed_out, truncated
+    return streams, timed_out, truncated, stopped
 
 
 def _stop(warden: subprocess.Popen, weak: bool, signum: int) -> None:
@@ -292,10 +355,40 @@ def _warden_command() -> list[str]:
 
 
 @functools.cache
-def _interpreter_paths() -> list[str]:
-    """Real paths the program's interpreter needs; init makes them reachable by the sandbox uid."""
-    candidates = [sys.executable, os.path.dirname(sys.executable), sys.prefix, sys.base_prefix, *sys.path]
-    return sorted({os.path.realpath(path) for path in candidates if path and os.path.exists(path)})
+def _filesystem_plan() -> tuple[list[str], dict[str, str]]:
+    """What the sandbox's root holds: real paths to bind read-only, and the symlinks leading to them.
+
+    Only the interpreter's needs: its executable (and virtual environment), standard library, site-packages and
+    the host's shared libraries. Not ``sys.path`` as such: its other entries (the working directory, an
+    editable checkout under /tmp) would expose whole host folders.
+    """
+    wanted = [sys.executable, sys.prefix, *LIBRARY_DIRS, *HOST_FILES]
+    wanted += [sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
+    wanted.append(sysconfig.get_config_var("LIBDIR") or "")
+    binds: set[str] = set()
+    links: dict[str, str] = {}
+    for path in wanted:
+        if path and os.path.lexists(path):
+            _follow(os.path.abspath(path), binds, links)
+    roots = sorted(binds)
+    kept = [path for path in roots if not any(path.startswith(other.rstrip("/") + "/") for other in roots)]
+    return kept, {link: target for link, target in links.items() if not any(link.startswith(k + "/") for k in kept)}
+
+
+def _follow(path: str, binds: set[str], links: dict[str, str], depth: int = 0) -> None:
+    """Record the symlinks on the way to ``path`` and the real path it ends at."""
+    current = ""
+    parts = path.strip("/").split("/")
+    for index, part in enumerate(parts):
+        current += "/" + part
+        if os.path.islink(current) and depth < 40:
+            target = os.readlink(current)
+            links[current] = target
+            rest = parts[index + 1 :]
+            resolved = os.path.normpath(os.path.join(os.path.dirname(current), target, *rest))
+            return _follow(resolved, binds, links, depth + 1)
+    if os.path.exists(current):
+        binds.add(current)
 
 
 def _program_env(workdir: str) -> dict[str, str]:
@@ -313,7 +406,12 @@ def _program_env(workdir: str) -> dict[str, str]:
 # ==== sandbox side: the warden runs the rest of this file as ``python -c`` (see _warden_command)
 
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+DEVICE_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "fd/0", "/dev/stdout": "fd/1", "/dev/stderr": "fd/2"}
+STAGE = "/tmp"  # where init assembles the new root (sources under it are opened before it is covered)
 SETUP_FAILED = 125
+LIMIT_PREFIX = "limit: "
+MEMORY_POLL_S = 0.02
 MIB = 1 << 20
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
@@ -344,21 +442,46 @@ def _warden_main(config: dict[str, Any]) -> NoReturn:
 
 
 def _init_main(config: dict[str, Any]) -> NoReturn:
-    """Pid 1 of the sandbox: build the filesystem, fork the program, reap everything, exit with its code."""
+    """Pid 1 of the sandbox: build the root, fork the program, reap everything, cap the namespace's memory."""
     try:
         _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         _build_filesystem(config)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         program = os.fork()
     except Exception as error:
         _fail(config, error)
     if program == 0:
         _start_program(config)
-    os.close(config["status_fd"])
     os.close(config["source_fd"])
+    cap, exceeded = config["limits"]["total_memory_mb"] * MIB, False
     while True:
-        pid, status = os.wait()  # orphans of the program are reparented here
-        if pid == program:
-            os._exit(_exit_code(status))
+        signal.sigtimedwait({signal.SIGCHLD}, MEMORY_POLL_S)
+        while True:  # orphans of the program are reparented here
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == program:
+                os._exit(_exit_code(status))
+            if pid == 0:
+                break
+        if not exceeded and _namespace_memory() > cap:
+            exceeded = True
+            os.write(config["status_fd"], f"{LIMIT_PREFIX}memory".encode())
+            os.kill(-1, signal.SIGKILL)  # every process of the namespace but init
+
+
+def _namespace_memory() -> int:
+    """Bytes of anonymous and shared memory resident in the namespace's processes (file pages excluded)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == "1":
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as status:
+                for line in status:
+                    if line.startswith((b"RssAnon:", b"RssShmem:")):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 def _start_program(config: dict[str, Any]) -> NoReturn:
@@ -425,28 +548,47 @@ def _map_ids(inside: int, outside_uid: int, outside_gid: int) -> None:
 
 
 def _build_filesystem(config: dict[str, Any]) -> None:
-    """Read-only nosuid view of the host, private tmpfs where the host is world-writable, fresh /proc."""
+    """Assemble a fresh root on a tmpfs at ``STAGE`` from ``config["binds"]`` and ``["links"]``, then enter it."""
     _libc_call("mount", None, "/", None, MS_REC | MS_PRIVATE, None)
-    for mount_point in _mount_points():
-        _remount_readonly(mount_point)
-    size_mb = config["limits"]["tmpfs_mb"]
-    for directory, children in _masks(config["expose"]).items():
-        writable = directory in TMP_DIRS
-        _mask_directory(directory, children, "1777" if writable else "0755", size_mb, writable)
-    _libc_call("mount", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    sources = {path: os.open(path, os.O_PATH) for path in config["binds"]}  # before STAGE hides any of them
+    _libc_call("mount", "tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    options = f"mode=1777,size={config['limits']['tmpfs_mb']}m"
+    for directory in TMP_DIRS:  # first: an interpreter under /tmp is bound onto them
+        _ensure(STAGE + directory, directory=True)
+        _libc_call("mount", "tmpfs", STAGE + directory, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    for path, fd in sources.items():
+        _bind(f"/proc/self/fd/{fd}", STAGE + path, readonly=True)
+        os.close(fd)
+    for link, target in config["links"].items():
+        _ensure(STAGE + os.path.dirname(link), directory=True)
+        if not os.path.lexists(STAGE + link):
+            os.symlink(target, STAGE + link)
+    for device in DEVICES:
+        if os.path.exists(device):
+            _bind(device, STAGE + device, readonly=False)
+    for link, target in DEVICE_LINKS.items():
+        os.symlink(target, STAGE + link)
+    _ensure(STAGE + "/proc", directory=True)
+    _libc_call("mount", "proc", STAGE + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    _libc_call("mount", None, STAGE, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.chdir(STAGE)
+    os.chroot(".")
+    os.chdir("/")
 
 
-def _mount_points() -> list[str]:
-    """Mount points of our mount namespace, parents first; those under /proc vanish under the new /proc."""
-    points = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4]
-            for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-                point = point.replace(escaped, char)
-            if not point.startswith("/proc/"):
-                points.append(point)
-    return points
+def _ensure(path: str, directory: bool) -> None:
+    """Create ``path`` (a directory, or an empty file to mount over) and its parents on the stage."""
+    os.makedirs(path if directory else os.path.dirname(path), mode=0o755, exist_ok=True)
+    if not directory and not os.path.lexists(path):
+        open(path, "w").close()
+
+
+def _bind(source: str, target: str, readonly: bool) -> None:
+    """Bind-mount ``source`` at ``target``, read-only and nosuid when asked (keeping its locked flags)."""
+    _ensure(target, directory=os.path.isdir(source))
+    _libc_call("mount", source, target, None, MS_BIND | MS_REC, None)
+    if readonly:
+        _remount_readonly(target)
 
 
 def _remount_readonly(mount_point: str) -> None:
@@ -456,44 +598,6 @@ def _remount_readonly(mount_point: str) -> None:
     atime = MS_RELATIME if current & ST_RELATIME else 0 if current & MS_NOATIME else MS_STRICTATIME
     flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | kept | atime
     _libc_call("mount", None, mount_point, None, flags, None)
-
-
-def _masks(expose: list[str]) -> dict[str, set[str]]:
-    """Directories to cover with a tmpfs, shallowest first, each with the children to re-expose from below.
-
-    Covered: the world-writable ``TMP_DIRS`` and every directory on the way to an ``expose`` path that others
-    may not traverse; the re-exposed children are those on the way to ``expose`` paths.
-    """
-    masks: dict[str, set[str]] = {os.path.realpath(d): set() for d in TMP_DIRS if os.path.isdir(d)}
-    for path in expose:
-        parts = path.strip("/").split("/")
-        for depth in range(len(parts)):
-            parent = "/" + "/".join(parts[:depth])
-            if parent != "/" and not os.stat(parent).st_mode & 0o001:
-                masks.setdefault(parent, set())
-    for directory, children in masks.items():
-        prefix = directory.rstrip("/") + "/"
-        children.update(path[len(prefix) :].split("/")[0] for path in expose if path.startswith(prefix))
-    return dict(sorted(masks.items(), key=lambda item: item[0].count("/")))
-
-
-def _mask_directory(directory: str, children: set[str], mode: str, size_mb: int, writable: bool) -> None:
-    """Cover ``directory`` with a fresh tmpfs, bind-mounting ``children`` back from the covered original."""
-    original = os.open(directory, os.O_PATH | os.O_DIRECTORY)
-    try:
-        options = f"mode={mode},size={size_mb}m"
-        _libc_call("mount", "tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, options)
-        for child in sorted(children):
-            source, target = f"/proc/self/fd/{original}/{child}", os.path.join(directory, child)
-            if os.path.isdir(source):
-                os.mkdir(target)
-            else:
-                open(target, "w").close()
-            _libc_call("mount", source, target, None, MS_BIND | MS_REC, None)
-    finally:
-        os.close(original)
-    if not writable:
-        _libc_call("mount", None, directory, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
 
 
 def _drop_privileges(config: dict[str, Any]) -> None:
