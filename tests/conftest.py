@@ -7,37 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from gopd_lightning.toy.tokenizer import build_tokenizer
 from gopd_lightning.toy.world import TOY_MODELS, prepare_toy_world
+from helpers import save_tiny_model
 
 torch.set_num_threads(2)
-
-
-def save_tiny_model(path: Path, seed: int, arch: str = "qwen3", vocab_size: int | None = None, tokenizer=None) -> str:
-    """A randomly initialised tiny causal LM (and its tokenizer) saved at ``path``."""
-    tokenizer = tokenizer or build_tokenizer()
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=vocab_size or len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    if arch == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")

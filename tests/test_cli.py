@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).parents[1]
-EXOPD = str(ROOT / "configs" / "toy" / "exopd.yaml")
+from helpers import EXOPD, gopd
+
 SHORT = [  # the toy config on fewer prompts: validation every 2 steps on 64 problems
     "--trainer.val_check_interval=2",
     '--data.train=[{path: "toy:math", split: train, limit: 1024, seed: 1}]',
     '--data.val=[{path: "toy:math", split: val, limit: 64, seed: 0}]',
     '--data.test=[{path: "toy:math", split: val, limit: 64, seed: 2}]',
 ]
-
-
-def gopd(*args: str, cwd: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "gopd_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
 
 
 @pytest.mark.slow

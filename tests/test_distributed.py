@@ -22,11 +22,10 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import save_tiny_model
 from gopd_lightning.export import load_student
 from gopd_lightning.rollout import SamplingConfig, generate_rollout, response_logprobs
 from gopd_lightning.sharding import ShardingConfig, decoder_layers, parallelize
-from test_cli import EXOPD, ROOT, gopd
+from helpers import EXOPD, ROOT, gopd, save_tiny_model
 
 STRATEGIES = ROOT / "configs" / "strategy"
 TOLERANCE = 1e-5

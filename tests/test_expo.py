@@ -9,12 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny_model
 from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig
 from gopd_lightning.cli import main
 from gopd_lightning.expo import expo, extrapolate_weights, load_model
 from gopd_lightning.toy.tokenizer import build_tokenizer
-from test_module import make_trainer
+from helpers import make_trainer, save_tiny_model
 
 
 def weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gopd_lightning import GOPDModule
 from gopd_lightning.export import export_command
-from test_cli import EXOPD
-from test_module import make_data, make_module, make_trainer
+from helpers import EXOPD, make_data, make_module, make_trainer
 
 
 @pytest.fixture(scope="module")

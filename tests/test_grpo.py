@@ -8,7 +8,7 @@ import torch
 from gopd_lightning import DataSource, PromptDataModule, SamplingConfig, UpdateConfig
 from gopd_lightning.grpo import GRPOModule
 from gopd_lightning.objective import group_normalized_advantages
-from test_module import make_trainer
+from helpers import make_trainer
 
 
 def test_group_normalisation_by_hand() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny_model
 from gopd_lightning import GOPDModule, SamplingConfig, policy
 from gopd_lightning.data import DataSource, PromptDataModule
 from gopd_lightning.data.datamodule import prompt_lengths
@@ -17,7 +16,7 @@ from gopd_lightning.objective import token_advantages
 from gopd_lightning.rollout import encode_prompts, generate_rollout, response_logprobs
 from gopd_lightning.toy.tasks import toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
-from test_module import make_module
+from helpers import make_module, save_tiny_model
 
 
 def built(models: dict[str, str], **overrides) -> GOPDModule:

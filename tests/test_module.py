@@ -8,50 +8,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import save_tiny_model
-from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig, UpdateConfig
+from gopd_lightning import UpdateConfig
 from gopd_lightning.rollout import generate_rollout, response_logprobs
 from gopd_lightning.toy.tokenizer import build_tokenizer
-
-
-def make_module(models: dict[str, str], **overrides) -> GOPDModule:
-    kwargs = dict(
-        student=models["student"],
-        teachers={"math": models["teacher"]},
-        lam=1.25,
-        sampling=SamplingConfig(max_new_tokens=6),
-        eval_sampling=SamplingConfig(max_new_tokens=6),
-        max_prompt_length=64,
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
-    )
-    kwargs.update(overrides)
-    return GOPDModule(**kwargs)
-
-
-def make_data(batch_size: int = 4, rows: int = 16, path: str = "toy:math") -> PromptDataModule:
-    return PromptDataModule(
-        train=[DataSource(path, limit=rows)],
-        val=[DataSource(path, split="val", limit=8)],
-        batch_size=batch_size,
-        eval_batch_size=8,
-    )
-
-
-def make_trainer(tmp_path: Path | None = None, steps: int = 2, **overrides) -> pl.Trainer:
-    kwargs = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
+from helpers import make_data, make_module, make_trainer, save_tiny_model
 
 
 def test_fit_trains_only_the_student_and_logs_rollout_statistics(tiny_models: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli import EXOPD, gopd
+from helpers import EXOPD, gopd
 
 GREEDY_EVAL = [
     '--data.val=[{path: "toy:math", split: val, limit: 4}]',

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from conftest import save_tiny_model
 from gopd_lightning.models import load_causal_lm, load_tokenizer
 from gopd_lightning.rollout import SamplingConfig, encode_prompts, generate_rollout, sampler_logits
 from gopd_lightning.toy.tasks import toy_rows
+from helpers import save_tiny_model
 
 SAMPLES = 3000
 

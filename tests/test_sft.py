@@ -16,7 +16,7 @@ from gopd_lightning.objective import aggregate
 from gopd_lightning.rollout import generate_rollout, response_logprobs
 from gopd_lightning.sft import SFTModule, read_responses, responses_rollout
 from gopd_lightning.toy.tasks import problems, toy_rows
-from test_module import make_trainer
+from helpers import make_trainer
 
 CONFIG = Path(__file__).parents[1] / "configs" / "toy" / "sft.yaml"
 

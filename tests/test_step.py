@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import save_tiny_model
 from gopd_lightning import GOPDModule, SamplingConfig, UpdateConfig
 from gopd_lightning import policy as policy_module
 from gopd_lightning.callbacks import RunCheckpoint
@@ -23,7 +22,7 @@ from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
 from gopd_lightning.objective import aggregate
 from gopd_lightning.rollout import encode_prompts, generate_rollout, sampler_logits
 from gopd_lightning.toy.tasks import toy_rows
-from test_module import make_data, make_module, make_trainer
+from helpers import make_data, make_module, make_trainer, save_tiny_model
 
 LAM = 1.25
 

@@ -1,0 +1,91 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py): tiny models, a module, data and
+a trainer built the way the tests need them, and the ``gopd`` command run as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig
+from gopd_lightning.toy.tokenizer import build_tokenizer
+
+ROOT = Path(__file__).parents[1]
+EXOPD = str(ROOT / "configs" / "toy" / "exopd.yaml")
+
+
+def save_tiny_model(path: Path, seed: int, arch: str = "qwen3", vocab_size: int | None = None, tokenizer=None) -> str:
+    """A randomly initialised tiny causal LM (and its tokenizer) saved at ``path``."""
+    tokenizer = tokenizer or build_tokenizer()
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    if arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def make_module(models: dict[str, str], **overrides) -> GOPDModule:
+    kwargs = dict(
+        student=models["student"],
+        teachers={"math": models["teacher"]},
+        lam=1.25,
+        sampling=SamplingConfig(max_new_tokens=6),
+        eval_sampling=SamplingConfig(max_new_tokens=6),
+        max_prompt_length=64,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+    )
+    kwargs.update(overrides)
+    return GOPDModule(**kwargs)
+
+
+def make_data(batch_size: int = 4, rows: int = 16, path: str = "toy:math") -> PromptDataModule:
+    return PromptDataModule(
+        train=[DataSource(path, limit=rows)],
+        val=[DataSource(path, split="val", limit=8)],
+        batch_size=batch_size,
+        eval_batch_size=8,
+    )
+
+
+def make_trainer(tmp_path: Path | None = None, steps: int = 2, **overrides) -> pl.Trainer:
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def gopd(*args: str, cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gopd_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
