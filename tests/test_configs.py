@@ -38,3 +38,23 @@ def test_lambda_of_the_toy_configs() -> None:
     root = Path(__file__).parents[1] / "configs" / "toy"
     assert build_cli(["-c", str(root / "opd.yaml")], run=False).model.lam == 1.0
     assert build_cli(["-c", str(root / "exopd.yaml")], run=False).model.lam == 1.25
+
+
+def test_experiments_state_only_what_differs_from_the_shared_defaults() -> None:
+    """Seed, loggers and callbacks live in the package's defaults.yaml, under every run's config."""
+    import yaml
+
+    from gopd_lightning.cli import DEFAULTS
+
+    shared = yaml.safe_load(DEFAULTS.read_text())
+    for path in EXPERIMENTS:
+        config = yaml.safe_load(path.read_text())
+        assert not set(shared) - {"trainer"} & set(config), path
+        assert not {"logger", "callbacks", "log_every_n_steps"} & set(config.get("trainer", {})), path
+
+
+def test_every_run_starts_from_the_shared_defaults(tmp_path: Path) -> None:
+    cli = build_cli(["-c", str(BASE), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert {"RunCheckpoint", "LearningRateMonitor", "ResultsTable"} <= {type(c).__name__ for c in cli.trainer.callbacks}
+    assert sorted(type(logger).__name__ for logger in cli.trainer.loggers) == ["CSVLogger", "TensorBoardLogger"]
+    assert cli.config.seed_everything == 0 and cli.trainer.log_every_n_steps == 1

@@ -29,6 +29,10 @@ from gopd_lightning.expo import expo_command
 from gopd_lightning.export import export_command
 from gopd_lightning.policy import PolicyModule
 
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+"""What every run starts from (seed, loggers, checkpoints, result tables); experiment configs state the rest."""
+RUNS = ("fit", "validate", "test")
+
 
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("now"):
@@ -197,9 +201,15 @@ def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
         subclass_mode_model=True,
         args=list(args),
         run=run,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs=_parser_kwargs(run),
         save_config_kwargs={"overwrite": True},
     )
+
+
+def _parser_kwargs(subcommands: bool) -> dict:
+    """omegaconf interpolation, and ``DEFAULTS`` under every config: per subcommand, or for the one parser."""
+    run = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULTS)]}
+    return {"parser_mode": "omegaconf", **dict.fromkeys(RUNS, run)} if subcommands else run
 
 
 if __name__ == "__main__":
