@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gopd_lightning import GOPDModule
-from gopd_lightning.export import export_command
+from gopd_lightning.cli import main
 from helpers import EXOPD, make_data, make_module, make_trainer
 
 
@@ -29,7 +29,7 @@ def trained(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 def test_export_round_trip(trained: tuple[Path, GOPDModule], tiny_models: dict[str, str], tmp_path: Path) -> None:
     path, module = trained
-    export_command(["--ckpt", str(path), "--out", str(tmp_path)])
+    main(["export", "--ckpt", str(path), "--out", str(tmp_path)])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path)
     weights, initial = module.student.state_dict(), AutoModelForCausalLM.from_pretrained(tiny_models["student"])
     assert exported.state_dict().keys() == weights.keys()
@@ -47,7 +47,7 @@ def test_export_in_bf16_with_the_experiment_configs(
     config = tmp_path / "tiny.yaml"  # as a run moved to another machine would name its models
     config.write_text(f"model:\n  student: {tiny_models['student']}\n  teachers: {{math: {tiny_models['teacher']}}}\n")
     out = tmp_path / "out"
-    export_command(["--ckpt", str(path), "--config", EXOPD, str(config), "--out", str(out), "--dtype", "bfloat16"])
+    main(["export", "--ckpt", str(path), "--config", EXOPD, str(config), "--out", str(out), "--dtype", "bfloat16"])
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert exported.dtype == torch.bfloat16
     weights = module.student.state_dict()

@@ -24,10 +24,11 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
+from gopd_lightning import export
 from gopd_lightning.data import PromptDataModule
-from gopd_lightning.expo import expo_command
-from gopd_lightning.export import export_command
+from gopd_lightning.models import DTYPES
 from gopd_lightning.policy import PolicyModule
+from gopd_lightning.weight_extrapolation import expo
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 """What every run starts from (seed, loggers, checkpoints, result tables); experiment configs state the rest."""
@@ -159,10 +160,44 @@ def _toy_command(argv: Sequence[str]) -> None:
             print(f"  toy:{name}  {path}")
 
 
+def _export_command(argv: Sequence[str]) -> None:
+    """``gopd export``: a trained student in Hugging Face format (see :mod:`gopd_lightning.export`)."""
+    parser = argparse.ArgumentParser(prog="gopd export", description=export.__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint file, or distributed checkpoint folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
+    parser.add_argument("--config", nargs="+", default=[], help="experiment YAMLs (default: the checkpoint's own)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: as trained)")
+    args = parser.parse_args(argv)
+    hparams = config_hparams(args.config) if args.config else None
+    out = export.export_student(args.ckpt, args.out, hparams, args.dtype)
+    print(f"student written to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+def config_hparams(configs: Sequence[str]) -> dict:
+    """The model hyperparameters of experiment configs, parsed as ``gopd fit`` parses them."""
+    args = [arg for path in configs for arg in ("-c", str(path))]
+    return dict(build_cli([*args, "--trainer.logger=false"], run=False).model.hparams)
+
+
+def _expo_command(argv: Sequence[str]) -> None:
+    """``gopd expo INITIAL TRAINED --alpha A --output DIR`` (see :mod:`gopd_lightning.weight_extrapolation`)."""
+    parser = argparse.ArgumentParser(
+        prog="gopd expo", description="ExPO weight extrapolation: theta_1 + alpha * (theta_1 - theta_0)."
+    )
+    parser.add_argument("initial", help="theta_0: model before training (path, hub id, toy:<name> or .ckpt)")
+    parser.add_argument("trained", help="theta_1: model after training (path, hub id, toy:<name> or .ckpt)")
+    parser.add_argument("--alpha", type=float, required=True, help="extrapolation strength (0 gives theta_1)")
+    parser.add_argument("--output", required=True, help="directory of the Hugging Face checkpoint to write")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
+    args = parser.parse_args(argv)
+    path = expo(args.initial, args.trained, args.alpha, args.output, args.dtype)
+    print(f"ExPO model (alpha={args.alpha}) written to {path}")
+
+
 TOOLS: dict[str, Callable[[Sequence[str]], None]] = {
     "toy": _toy_command,
-    "expo": expo_command,
-    "export": export_command,
+    "expo": _expo_command,
+    "export": _export_command,
 }
 
 

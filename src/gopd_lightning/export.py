@@ -1,4 +1,4 @@
-"""``gopd export``: write a trained student in Hugging Face format (``from_pretrained`` loads it).
+"""Export a trained student in Hugging Face format (``from_pretrained`` loads it); ``gopd export`` runs it.
 
     gopd export --ckpt runs/<run>/checkpoints/last.ckpt --out exported/student
     gopd export --ckpt runs/<run>/checkpoints/last.ckpt --config configs/toy/exopd.yaml --out exported/student
@@ -13,9 +13,9 @@ tokenizer's EOS and PAD explicitly.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -32,12 +32,15 @@ def is_distributed_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / METADATA_FILE).is_file()
 
 
-def load_student(ckpt: Path, configs: Sequence[str] = ()) -> PolicyModule:
-    """The trained student of a checkpoint (file or distributed folder), as a ``PolicyModule`` on the CPU."""
+def load_student(ckpt: Path, hparams: Mapping[str, Any] | None = None) -> PolicyModule:
+    """The trained student of a checkpoint (file or distributed folder), as a ``PolicyModule`` on the CPU.
+
+    ``hparams`` (an experiment's model options) replace the checkpoint's own when the original model moved.
+    """
     ckpt = Path(ckpt)
     distributed = is_distributed_checkpoint(ckpt)
     checkpoint = torch.load(ckpt / METADATA_FILE if distributed else ckpt, map_location="cpu", mmap=True)
-    hparams = _config_hparams(configs) if configs else checkpoint["hyper_parameters"]
+    hparams = hparams or checkpoint["hyper_parameters"]
     args = {key: hparams[key] for key in STUDENT_ARGS if key in hparams}
     module = PolicyModule(**args)
     module.save_hyperparameters(args)  # what configure_model reads (subclasses save their own)
@@ -50,9 +53,9 @@ def load_student(ckpt: Path, configs: Sequence[str] = ()) -> PolicyModule:
     return module
 
 
-def export_student(ckpt: Path, out: Path, configs: Sequence[str] = (), dtype: str | None = None) -> Path:
+def export_student(ckpt: Path, out: Path, hparams: Mapping[str, Any] | None = None, dtype: str | None = None) -> Path:
     """Write the checkpoint's student and tokenizer to ``out``; weights in ``dtype`` (default: as trained)."""
-    module = load_student(ckpt, configs)
+    module = load_student(ckpt, hparams)
     student, tokenizer = module.student, module.tokenizer
     if module.hparams.get("lora"):
         student = student.merge_and_unload()
@@ -63,23 +66,3 @@ def export_student(ckpt: Path, out: Path, configs: Sequence[str] = (), dtype: st
     student.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return Path(out)
-
-
-def _config_hparams(configs: Sequence[str]) -> dict:
-    """The model hyperparameters of experiment configs, parsed as ``gopd fit`` parses them."""
-    from gopd_lightning.cli import build_cli
-
-    args = [arg for path in configs for arg in ("-c", str(path))]
-    return dict(build_cli([*args, "--trainer.logger=false"], run=False).model.hparams)
-
-
-def export_command(argv: Sequence[str]) -> None:
-    """``gopd export ...`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="gopd export", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint file, or distributed checkpoint folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
-    parser.add_argument("--config", nargs="+", default=[], help="experiment YAMLs (default: the checkpoint's own)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: as trained)")
-    args = parser.parse_args(argv)
-    out = export_student(args.ckpt, args.out, args.config, args.dtype)
-    print(f"student written to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig
 from gopd_lightning.cli import main
-from gopd_lightning.expo import expo, extrapolate_weights, load_model
 from gopd_lightning.toy.tokenizer import build_tokenizer
+from gopd_lightning.weight_extrapolation import expo, extrapolate_weights, load_model
 from helpers import make_trainer, save_tiny_model
 
 

@@ -15,8 +15,7 @@ can name as a model. The arithmetic is done in float32.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -83,18 +82,3 @@ def expo(initial: str, trained: str, alpha: float, output: str | Path, dtype: st
     model.to(DTYPES[dtype]).save_pretrained(output)
     tokenizer.save_pretrained(output)
     return output
-
-
-def expo_command(argv: Sequence[str]) -> None:
-    """``gopd expo INITIAL TRAINED --alpha A --output DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="gopd expo", description="ExPO weight extrapolation: theta_1 + alpha * (theta_1 - theta_0)."
-    )
-    parser.add_argument("initial", help="theta_0: model before training (path, hub id, toy:<name> or .ckpt)")
-    parser.add_argument("trained", help="theta_1: model after training (path, hub id, toy:<name> or .ckpt)")
-    parser.add_argument("--alpha", type=float, required=True, help="extrapolation strength (0 gives theta_1)")
-    parser.add_argument("--output", required=True, help="directory of the Hugging Face checkpoint to write")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
-    args = parser.parse_args(argv)
-    path = expo(args.initial, args.trained, args.alpha, args.output, args.dtype)
-    print(f"ExPO model (alpha={args.alpha}) written to {path}")
