@@ -426,3 +426,31 @@ def test_only_what_the_interpreter_needs_is_visible(monkeypatch: pytest.MonkeyPa
     seen, repo_seen, top = result.stdout.split(maxsplit=2)
     assert (seen, repo_seen) == ("False", "False"), "a sys.path folder under /tmp and the checkout stay hidden"
     assert "home" not in top and "mnt" not in top and "srv" not in top
+
+
+class StopAfter:
+    """A watcher that stops the run after ``lines`` lines, or lets it time out after ``patience_s`` of silence."""
+
+    def __init__(self, lines: int, patience_s: float = 30.0) -> None:
+        self.lines, self.patience_s, self.seen = lines, patience_s, b""
+        self._deadline = time.monotonic() + patience_s
+
+    def deadline(self) -> float:
+        return self._deadline
+
+    def feed(self, data: bytes) -> bool:
+        self.seen += data
+        self._deadline = time.monotonic() + self.patience_s
+        return self.seen.count(b"\n") < self.lines
+
+
+def test_a_watcher_stops_the_run_early_or_times_it_out_when_it_falls_silent() -> None:
+    chatty = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.01)\n"
+    started = time.monotonic()
+    stopped = run_python(chatty, limits=SandboxLimits(wall_time_s=10), watcher=StopAfter(lines=3))
+    assert stopped.stopped and not stopped.timed_out and time.monotonic() - started < 1 + sandbox.KILL_GRACE_S
+    assert stopped.stdout.startswith("tick\ntick\ntick\n")
+    silent = "print('hello', flush=True)\nimport time\ntime.sleep(60)\n"
+    started = time.monotonic()
+    waited = run_python(silent, limits=SandboxLimits(wall_time_s=10), watcher=StopAfter(lines=99, patience_s=0.5))
+    assert waited.timed_out and not waited.stopped and time.monotonic() - started < 1 + sandbox.KILL_GRACE_S

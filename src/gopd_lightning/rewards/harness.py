@@ -21,6 +21,7 @@ This file is stdlib only and runs as one script: the sandbox ships its text (see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -337,6 +338,7 @@ def main() -> None:
     os._exit(0)  # no atexit hooks of the solution
 
 
+@functools.cache
 def harness_source() -> str:
     """This file's text: the program the sandbox runs (as ``__main__``, so it calls :func:`main`)."""
     with open(__file__, encoding="utf-8") as handle:
