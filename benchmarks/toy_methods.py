@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).parents[1] / "configs" / "toy"
+CONFIGS = Path(__file__).parents[1] / "configs"
 MODELS = {  # name -> (config whose validation data is used, student override)
     "base": ("multi_teacher_exopd", "toy:base"),
     "teacher-math": ("multi_teacher_exopd", "toy:teacher-math"),
@@ -36,12 +36,16 @@ def gopd(*args: str) -> None:
         sys.exit(f"gopd {args[0]} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
+def experiment(name: str) -> list[str]:
+    """The toy experiment ``name`` as ``gopd`` arguments: the toy piece, then the experiment."""
+    return ["-c", str(CONFIGS / "toy.yaml"), "-c", str(CONFIGS / "toy" / f"{name}.yaml")]
+
+
 def validate(config: str, student: str, run: Path) -> None:
     """``gopd validate`` of ``student`` on the validation data of toy config ``config``."""
     gopd(
         "validate",
-        "-c",
-        str(CONFIGS / f"{config}.yaml"),
+        *experiment(config),
         f"--model.student={student}",
         f"--trainer.default_root_dir={run}",
     )
@@ -71,8 +75,7 @@ def main() -> None:
         started = time.perf_counter()
         gopd(
             "fit",
-            "-c",
-            str(CONFIGS / f"{method}.yaml"),
+            *experiment(method),
             # steps are rollout batches (GRPO makes several optimiser updates of one batch)
             "--trainer.max_steps=-1",
             "--trainer.max_epochs=1",

@@ -3,19 +3,38 @@ a trainer built the way the tests need them, and the ``gopd`` command run as a u
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig
+from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig, policy
+from gopd_lightning.callbacks import BenchmarkAccuracy, StepStatistics
 from gopd_lightning.toy.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).parents[1]
-EXOPD = str(ROOT / "configs" / "toy" / "exopd.yaml")
+CONFIGS = ROOT / "configs"
+
+
+def experiment_files(path: Path) -> list[str]:
+    """An experiment's configs in order: its folder's piece (``configs/toy.yaml`` for ``configs/toy/*``), then it."""
+    piece = path.parent.with_suffix(".yaml")
+    return [str(piece), str(path)] if piece.is_file() else [str(path)]
+
+
+def config_args(files: list[str]) -> list[str]:
+    """``-c a.yaml -c b.yaml ...``"""
+    return [arg for path in files for arg in ("-c", path)]
+
+
+EXOPD_FILES = experiment_files(CONFIGS / "toy" / "exopd.yaml")
+EXOPD = config_args(EXOPD_FILES)
+"""The toy ExOPD experiment as ``gopd`` arguments."""
 
 
 def save_tiny_model(path: Path, seed: int, arch: str = "qwen3", vocab_size: int | None = None, tokenizer=None) -> str:
@@ -67,7 +86,10 @@ def make_data(batch_size: int = 4, rows: int = 16, path: str = "toy:math") -> Pr
 
 
 def make_trainer(tmp_path: Path | None = None, steps: int = 2, **overrides) -> pl.Trainer:
+    """A quiet CPU trainer that logs what the shared defaults log (step statistics, benchmark scores)."""
+    callbacks = [StepStatistics(), BenchmarkAccuracy(tables=False), *overrides.pop("callbacks", [])]
     kwargs = dict(
+        callbacks=callbacks,
         accelerator="cpu",
         devices=1,
         max_steps=steps,
@@ -81,6 +103,23 @@ def make_trainer(tmp_path: Path | None = None, steps: int = 2, **overrides) -> p
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def spy_on_losses(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record every ``policy_gradient_loss`` call of the update loop: its arguments (defaults filled in) and loss."""
+    calls = []
+    real = policy.policy_gradient_loss
+    signature = inspect.signature(real)
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        loss = real(*args, **kwargs)
+        calls.append({**bound.arguments, "logp": bound.arguments["logp"].detach().clone(), "loss": float(loss)})
+        return loss
+
+    monkeypatch.setattr(policy, "policy_gradient_loss", spy)
+    return calls
 
 
 def gopd(*args: str, cwd: Path) -> str:

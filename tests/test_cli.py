@@ -21,7 +21,7 @@ SHORT = [  # the toy config on fewer prompts: validation every 2 steps on 64 pro
 @pytest.mark.slow
 def test_fit_resume_and_test_on_the_toy_world(toy_models: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
-    out = gopd("fit", "-c", EXOPD, "--trainer.max_steps=4", f"--trainer.default_root_dir={run}", *SHORT, cwd=tmp_path)
+    out = gopd("fit", *EXOPD, "--trainer.max_steps=4", f"--trainer.default_root_dir={run}", *SHORT, cwd=tmp_path)
     assert f"Run directory: {run}" in out and "val/accuracy:" in out
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["step"] for r in rows if r.get("val/accuracy")] == ["0", "1", "3"]  # before fit, then every 2
@@ -36,8 +36,7 @@ def test_fit_resume_and_test_on_the_toy_world(toy_models: dict[str, Path], tmp_p
     resumed = tmp_path / "resumed"
     gopd(
         "fit",
-        "-c",
-        EXOPD,
+        *EXOPD,
         "--trainer.max_steps=6",
         f"--trainer.default_root_dir={resumed}",
         f"--ckpt_path={last}",
@@ -48,9 +47,7 @@ def test_fit_resume_and_test_on_the_toy_world(toy_models: dict[str, Path], tmp_p
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
 
     test_dir = tmp_path / "test"
-    tested = gopd(
-        "test", "-c", EXOPD, f"--trainer.default_root_dir={test_dir}", f"--ckpt_path={last}", *SHORT, cwd=tmp_path
-    )
+    tested = gopd("test", *EXOPD, f"--trainer.default_root_dir={test_dir}", f"--ckpt_path={last}", *SHORT, cwd=tmp_path)
     assert "test/accuracy" in tested
     table = (test_dir / "results-test.md").read_text()
     assert "| group | problems | accuracy | pass@1 | pass@4 | response_length |" in table

@@ -23,7 +23,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gopd_lightning.export import load_student
-from gopd_lightning.rollout import SamplingConfig, generate_rollout, response_logprobs
+from gopd_lightning.rollout import SamplingConfig, generate_rollout
+from gopd_lightning.scoring import response_logprobs
 from gopd_lightning.sharding import ShardingConfig, decoder_layers, parallelize
 from helpers import EXOPD, ROOT, gopd, save_tiny_model
 
@@ -57,8 +58,7 @@ def fit(run: Path, setup: str, models: dict[str, str], *overrides: str) -> Path:
     piece, processes, prompts = SETUPS[setup]
     gopd(
         "fit",
-        "-c",
-        EXOPD,
+        *EXOPD,
         "-c",
         str(STRATEGIES / f"{piece}.yaml"),
         "--trainer.accelerator=cpu",

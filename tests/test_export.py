@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gopd_lightning import GOPDModule
 from gopd_lightning.cli import main
-from helpers import EXOPD, make_data, make_module, make_trainer
+from helpers import EXOPD_FILES, make_data, make_module, make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,9 @@ def test_export_in_bf16_with_the_experiment_configs(
     config = tmp_path / "tiny.yaml"  # as a run moved to another machine would name its models
     config.write_text(f"model:\n  student: {tiny_models['student']}\n  teachers: {{math: {tiny_models['teacher']}}}\n")
     out = tmp_path / "out"
-    main(["export", "--ckpt", str(path), "--config", EXOPD, str(config), "--out", str(out), "--dtype", "bfloat16"])
+    main(
+        ["export", "--ckpt", str(path), "--config", *EXOPD_FILES, str(config), "--out", str(out), "--dtype", "bfloat16"]
+    )
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert exported.dtype == torch.bfloat16
     weights = module.student.state_dict()

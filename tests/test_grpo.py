@@ -37,7 +37,7 @@ def test_training_step_uses_group_normalised_verifier_rewards(tiny_models: dict[
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
     )
     seen = {}
-    accuracy, optimise = module.accuracy, module.optimise
+    accuracy, update_policy = module.accuracy, module.update_policy
 
     def spy_accuracy(rollout):
         seen["rewards"] = accuracy(rollout)
@@ -45,12 +45,12 @@ def test_training_step_uses_group_normalised_verifier_rewards(tiny_models: dict[
         seen["rewards"] = torch.arange(len(rollout.rows), dtype=torch.float32) % 3
         return seen["rewards"]
 
-    def spy_optimise(rollout, advantage_fn):
-        result = optimise(rollout, advantage_fn)
-        seen["advantages"], seen["mask"] = result[3], rollout.response_mask
+    def spy_update_policy(rollout, advantages):
+        result = update_policy(rollout, advantages)
+        seen["advantages"], seen["mask"] = result.advantages, rollout.response_mask
         return result
 
-    module.accuracy, module.optimise = spy_accuracy, spy_optimise
+    module.accuracy, module.update_policy = spy_accuracy, spy_update_policy
     data = PromptDataModule(train=[DataSource("toy:math", limit=8)], batch_size=4)
     trainer = make_trainer(steps=2)
     trainer.fit(module, datamodule=data)

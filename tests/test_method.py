@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from gopd_lightning import GOPDModule, SamplingConfig, policy
+from gopd_lightning.callbacks import StepStatistics
 from gopd_lightning.data import DataSource, PromptDataModule
 from gopd_lightning.data.datamodule import prompt_lengths
 from gopd_lightning.models import load_causal_lm, load_tokenizer
 from gopd_lightning.objective import token_advantages
-from gopd_lightning.rollout import encode_prompts, generate_rollout, response_logprobs
+from gopd_lightning.rollout import encode_prompts, generate_rollout
+from gopd_lightning.scoring import response_logprobs
+from gopd_lightning.step_stats import RolloutStatistics
 from gopd_lightning.toy.tasks import toy_rows
 from gopd_lightning.toy.tokenizer import build_tokenizer
-from helpers import make_module, save_tiny_model
+from helpers import make_module, make_trainer, save_tiny_model
 
 
 def built(models: dict[str, str], **overrides) -> GOPDModule:
@@ -77,7 +80,7 @@ def test_reward_correction_changes_the_advantage_exactly_as_the_formula_says(tin
 def test_lora_reference_is_the_base_model_with_the_adapter_disabled(tiny_models: dict[str, str]) -> None:
     pytest.importorskip("peft")
     module = built(tiny_models, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
-    assert module.reference is None  # no second copy of the weights
+    assert module.frozen.reference is None  # no second copy of the weights
     for name, parameter in module.student.named_parameters():
         if "lora_B" in name:  # LoRA starts as a no-op; make the adapter matter
             torch.nn.init.normal_(parameter, std=0.5)
@@ -130,7 +133,7 @@ def test_offloaded_teachers_give_the_same_scores(tiny_models: dict[str, str]) ->
     rollout = generate_rollout(plain.student, plain.tokenizer, toy_rows("math", 3), plain.sampling)
     for a, b in zip(plain.score_frozen(rollout), offloaded.score_frozen(rollout), strict=True):
         assert torch.equal(a, b)
-    assert next(offloaded.teachers["math"].parameters()).device.type == "cpu"
+    assert next(offloaded.frozen.teachers["math"].parameters()).device.type == "cpu"
 
 
 def test_chat_template_kwargs_reach_every_rendered_prompt(tmp_path: Path) -> None:
@@ -179,7 +182,8 @@ def test_training_accuracy_scores_each_row_once_and_skips_rows_without_answers(
     monkeypatch.setattr(policy, "score_batch", fake_score_batch)
     monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, float(value)))
     zeros = torch.zeros(rollout.response_ids.shape)
-    module.log_step_stats("train", rollout, {"entropy": zeros}, {"accuracy": module.accuracy(rollout)})
+    statistics = RolloutStatistics(rollout, {"entropy": zeros}, {"accuracy": module.accuracy(rollout)})
+    StepStatistics().on_train_batch_end(make_trainer(), module, {"statistics": statistics}, rows, 0)
     assert scored == [["math", "math", "code", "code"]]  # one sandbox/math-verify pass per step
     assert logged["train/code/accuracy"] == 1.0 and logged["train/math/accuracy"] == 0.0  # math: 0 of 2 answered
     assert logged["train/accuracy"] == 0.5  # the row without an answer counts nowhere

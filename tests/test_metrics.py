@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gopd_lightning.callbacks import ResultsTable
+from gopd_lightning.callbacks import BenchmarkAccuracy
 from gopd_lightning.metrics import BenchmarkScores, pass_at_k
 
 
@@ -62,9 +62,10 @@ def test_records_from_two_ranks_merge_into_the_same_table() -> None:
 
 def test_results_table_files(tmp_path: Path) -> None:
     results = {"test/accuracy": 0.5, "test/problems": 3.0, "test/benchmark/aime/accuracy": 0.25, "test/pass@4": 0.75}
-    module = SimpleNamespace(eval_results={"test": results})
+    callback = BenchmarkAccuracy()
+    callback.results["test"] = results  # what the end of the test epoch logged
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, log_dir=str(tmp_path), global_step=7)
-    ResultsTable().on_test_end(trainer, module)
+    callback.on_test_end(trainer, SimpleNamespace())
     payload = json.loads((tmp_path / "results-test.json").read_text())
     assert payload["results"] == {
         "all": {"accuracy": 0.5, "problems": 3.0, "pass@4": 0.75},

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gopd_lightning import UpdateConfig
-from gopd_lightning.rollout import generate_rollout, response_logprobs
+from gopd_lightning.rollout import generate_rollout
+from gopd_lightning.scoring import response_logprobs
 from gopd_lightning.toy.tokenizer import build_tokenizer
 from helpers import make_data, make_module, make_trainer, save_tiny_model
 
@@ -20,7 +21,7 @@ def test_fit_trains_only_the_student_and_logs_rollout_statistics(tiny_models: di
     pl.seed_everything(0)
     trainer = make_trainer()
     trainer.fit(module, datamodule=make_data())
-    teacher, reference = module.teachers["math"], module.reference
+    teacher, reference = module.frozen.teachers["math"], module.frozen.reference
     for frozen in (teacher, reference):
         assert not frozen.training
         assert not any(p.requires_grad for p in frozen.parameters())
@@ -56,14 +57,16 @@ def test_student_moves_teacher_and_reference_stay(tiny_models: dict[str, str]) -
 def test_reference_is_initial_student_and_skipped_when_lam_is_one(tiny_models: dict[str, str]) -> None:
     module = make_module(tiny_models)
     module.configure_model()
-    for (name, p), (_, q) in zip(module.student.named_parameters(), module.reference.named_parameters(), strict=True):
+    for (name, p), (_, q) in zip(
+        module.student.named_parameters(), module.frozen.reference.named_parameters(), strict=True
+    ):
         assert torch.equal(p, q), name
     opd = make_module(tiny_models, lam=1.0)
     opd.configure_model()
-    assert opd.reference is None
+    assert opd.frozen.reference is None
     explicit = make_module(tiny_models, reference=tiny_models["reference"])
     explicit.configure_model()
-    assert not torch.equal(explicit.reference.lm_head.weight, explicit.student.lm_head.weight)
+    assert not torch.equal(explicit.frozen.reference.lm_head.weight, explicit.student.lm_head.weight)
 
 
 def test_checkpoint_holds_only_the_student_and_resumes(tiny_models: dict[str, str], tmp_path: Path) -> None:
@@ -84,7 +87,7 @@ def test_checkpoint_holds_only_the_student_and_resumes(tiny_models: dict[str, st
     # the reference is still the *initial* student, not the trained one
     initial = make_module(tiny_models)
     initial.configure_model()
-    assert torch.equal(resumed.reference.lm_head.weight, initial.student.lm_head.weight)
+    assert torch.equal(resumed.frozen.reference.lm_head.weight, initial.student.lm_head.weight)
 
 
 def test_missing_student_keys_still_fail_loading(tiny_models: dict[str, str]) -> None:
@@ -128,7 +131,7 @@ def test_each_row_is_scored_by_its_domains_teacher(tiny_models: dict[str, str]) 
     teacher_logp, ref_logp = module.score_frozen(rollout)
     for domain in ("math", "code"):
         direct, _, _ = response_logprobs(
-            module.teachers[domain], rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
+            module.frozen.teachers[domain], rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
         )
         rows_of = [i for i, row in enumerate(rows) if row["domain"] == domain]
         mask = rollout.response_mask[rows_of]

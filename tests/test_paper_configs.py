@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from gopd_lightning.cli import build_cli
+from helpers import CONFIGS, config_args, experiment_files
 
-PAPER = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
+PAPER = sorted((CONFIGS / "paper").glob("*.yaml"))
 # every field explicit: a list given on the command line is merged entry by entry into the config's
 PLAIN = {"format": "auto", "min_difficulty": None, "domains": None, "name": None, "weight": None}
 CODE_ROW = {
@@ -31,7 +32,8 @@ def test_the_paper_settings_are_all_there() -> None:
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_paper_config_runs_one_step_on_tiny_models(path: Path, tiny_models: dict[str, str], tmp_path: Path) -> None:
     cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
-    published = build_cli(["-c", str(path), *cpu], run=False).model.hparams
+    configs = config_args(experiment_files(path))
+    published = build_cli([*configs, *cpu], run=False).model.hparams
     assert "Qwen/Qwen3" in published.student  # the real ids stay in the shipped file
     code_rows = tmp_path / "code.jsonl"
     code_rows.write_text(json.dumps(CODE_ROW) + "\n")
@@ -57,7 +59,7 @@ def test_paper_config_runs_one_step_on_tiny_models(path: Path, tiny_models: dict
             overrides[3] = "--data.train=" + json.dumps([{"path": "toy:math", "limit": 4, **PLAIN}])
     if published.get("reference") not in (None, "initial"):
         overrides.append(f"--model.init_args.reference={tiny_models['reference']}")
-    cli = build_cli(["-c", str(path), *overrides], run=False)
+    cli = build_cli([*configs, *overrides], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step >= 1
     assert "train/loss" in cli.trainer.callback_metrics

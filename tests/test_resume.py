@@ -24,8 +24,7 @@ def tiny_fit(run: Path, models: dict[str, str], *overrides: str) -> str:
     """``gopd fit`` of the toy ExOPD config on tiny models: 4 prompts a step, sampling at temperature 1."""
     return gopd(
         "fit",
-        "-c",
-        EXOPD,
+        *EXOPD,
         f"--trainer.default_root_dir={run}",
         "--trainer.enable_progress_bar=false",
         "--trainer.val_check_interval=2",
@@ -91,8 +90,7 @@ def test_the_command_line_and_later_configs_win_over_the_checkpoint(
     tested = tmp_path / "tested"
     gopd(
         "test",
-        "-c",
-        EXOPD,
+        *EXOPD,
         "-c",
         str(evaluation),
         f"--trainer.default_root_dir={tested}",

@@ -10,9 +10,9 @@ from gopd_lightning.rollout import (
     SamplingConfig,
     encode_prompts,
     generate_rollout,
-    response_logprobs,
     response_mask_after_eos,
 )
+from gopd_lightning.scoring import response_logprobs
 from gopd_lightning.toy.tasks import toy_rows
 
 

@@ -13,12 +13,11 @@ from torch.utils.data import DataLoader
 from gopd_lightning import DataSource, PromptDataModule, SamplingConfig, UpdateConfig
 from gopd_lightning.cli import build_cli
 from gopd_lightning.objective import aggregate
-from gopd_lightning.rollout import generate_rollout, response_logprobs
+from gopd_lightning.rollout import generate_rollout
+from gopd_lightning.scoring import response_logprobs
 from gopd_lightning.sft import SFTModule, read_responses, responses_rollout
 from gopd_lightning.toy.tasks import problems, toy_rows
-from helpers import make_trainer
-
-CONFIG = Path(__file__).parents[1] / "configs" / "toy" / "sft.yaml"
+from helpers import CONFIGS, config_args, experiment_files, make_trainer, spy_on_losses
 
 
 def make_sft(models: dict[str, str], **overrides) -> SFTModule:
@@ -98,7 +97,7 @@ def test_teacher_writes_the_responses_of_rows_without_one(tiny_models: dict[str,
         row["id"] for row in [*stored, *code, *math]
     ]  # stored, then by domain
     for domain, written, first in (("code", code, 2), ("math", math, 3)):
-        greedy = generate_rollout(module.teachers[domain], module.tokenizer, written, module.sampling)
+        greedy = generate_rollout(module.frozen.teachers[domain], module.tokenizer, written, module.sampling)
         ours = rollout.select(slice(first, first + len(written)))
         for own, mask, theirs, their_mask in zip(
             ours.response_ids, ours.response_mask, greedy.response_ids, greedy.response_mask, strict=True
@@ -112,11 +111,13 @@ def test_teachers_stay_frozen_and_out_of_checkpoints_and_optimiser(tiny_models: 
     module = make_sft(tiny_models)
     data = PromptDataModule(train=[DataSource("toy:math", limit=8)], batch_size=4)
     module.configure_model()
-    teacher_before = [p.clone() for p in module.teachers["math"].parameters()]
+    teacher_before = [p.clone() for p in module.frozen.teachers["math"].parameters()]
     trainer = make_trainer(steps=2)
     trainer.fit(module, datamodule=data)
-    assert all(torch.equal(p, q) for p, q in zip(module.teachers["math"].parameters(), teacher_before, strict=True))
-    assert not module.teachers["math"].training
+    assert all(
+        torch.equal(p, q) for p, q in zip(module.frozen.teachers["math"].parameters(), teacher_before, strict=True)
+    )
+    assert not module.frozen.teachers["math"].training
     assert all(key.startswith("student.") for key in module.state_dict())
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimised == {id(p) for p in module.student.parameters()}
@@ -130,7 +131,7 @@ def test_stored_responses_from_a_file_need_no_teacher(tiny_models: dict[str, str
     module = make_sft(tiny_models, teachers=None, responses=str(path))
     trainer = make_trainer(steps=2)
     trainer.fit(module, datamodule=PromptDataModule(train=[DataSource(str(path))], batch_size=4))
-    assert module.teachers is not None and not len(module.teachers)
+    assert module.frozen.teachers is not None and not len(module.frozen.teachers)
     assert trainer.callback_metrics["train/accuracy"] == 1.0
 
 
@@ -148,17 +149,19 @@ def test_errors_name_the_problem(tiny_models: dict[str, str], tmp_path: Path) ->
 
 
 def test_toy_config_builds_an_sft_module(tmp_path: Path) -> None:
-    cli = build_cli(["-c", str(CONFIG), f"--trainer.default_root_dir={tmp_path}"], run=False)
-    assert isinstance(cli.model, SFTModule) and cli.model.teachers is None
+    cli = build_cli(
+        [*config_args(experiment_files(CONFIGS / "toy" / "sft.yaml")), f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+    )
+    assert isinstance(cli.model, SFTModule) and not len(cli.model.frozen.teachers)  # built in configure_model
     assert cli.model.hparams.teachers == {"math": "toy:teacher-math"}
     assert cli.model.hparams.student == "toy:base"
+    assert cli.model.update.aggregation == "token-mean"  # SFT's default, also when the CLI passes update=None
 
 
 def test_several_updates_are_plain_cross_entropy_without_a_ppo_ratio(
     tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_step import spy_on_losses
-
     calls = spy_on_losses(monkeypatch)
     rows = gold_rows(4)
     module = make_sft(tiny_models, update=UpdateConfig(aggregation="token-mean", updates_per_rollout=2))

@@ -16,13 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gopd_lightning import GOPDModule, SamplingConfig, UpdateConfig
-from gopd_lightning import policy as policy_module
 from gopd_lightning.callbacks import RunCheckpoint
 from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
 from gopd_lightning.objective import aggregate
 from gopd_lightning.rollout import encode_prompts, generate_rollout, sampler_logits
 from gopd_lightning.toy.tasks import toy_rows
-from helpers import make_data, make_module, make_trainer, save_tiny_model
+from helpers import make_data, make_module, make_trainer, save_tiny_model, spy_on_losses
 
 LAM = 1.25
 
@@ -69,7 +68,7 @@ def test_logged_statistics_and_loss_equal_the_hand_computed_ones(
     tokenizer, mask, tokens = module.tokenizer, rollout.response_mask, rollout.response_ids
     student_logits = full_logits(student, tokenizer, rollout)
     s = token_logp(student_logits, tokens)
-    t = token_logp(full_logits(module.teachers["math"], tokenizer, rollout), tokens)
+    t = token_logp(full_logits(module.frozen.teachers["math"], tokenizer, rollout), tokens)
     r = s  # the reference is the initial student
     advantage = LAM * (t - r) - (s - r)
     probs = torch.softmax(student_logits, -1)
@@ -101,20 +100,6 @@ def test_another_sampler_than_the_student_is_announced(tiny_models: dict[str, st
         make_module(tiny_models, sampling=SamplingConfig(temperature=0.7, top_p=0.95))
     assert "temperature=0.7, top_p=0.95, top_k=0, not the student's own distribution" in caplog.text
     assert "min(pi_theta / pi_sampler, 5)" in caplog.text
-
-
-def spy_on_losses(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Record the arguments and result of every ``policy_gradient_loss`` call of the update loop."""
-    calls = []
-    real = policy_module.policy_gradient_loss
-
-    def spy(logp, advantages, mask, **kwargs):  # noqa: ANN001, ANN202
-        loss = real(logp, advantages, mask, **kwargs)
-        calls.append({"logp": logp.detach().clone(), "loss": float(loss), **kwargs})
-        return loss
-
-    monkeypatch.setattr(policy_module, "policy_gradient_loss", spy)
-    return calls
 
 
 def test_several_updates_take_each_mini_batch_and_ratio_to_the_rollout_policy(
@@ -155,7 +140,7 @@ def test_student_is_scored_with_dropout_off(tiny_models: dict[str, str]) -> None
     scored = module.student_logprobs(rollout).logp
     assert module.student.training  # the mode is restored
     module.student.eval()
-    expected = module.logprobs_of(module.student, rollout).logp
+    expected = module.scorer(module.student, rollout).logp
     assert torch.allclose(scored[rollout.response_mask], expected[rollout.response_mask], atol=1e-6)
 
 

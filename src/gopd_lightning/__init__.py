@@ -11,9 +11,11 @@ from typing import Any
 
 _EXPORTS = {
     "DataSource": "gopd_lightning.data",
-    "GOPDModule": "gopd_lightning.module",
+    "GOPDModule": "gopd_lightning.distillation",
+    "GRPOModule": "gopd_lightning.grpo",
     "PolicyModule": "gopd_lightning.policy",
     "PromptDataModule": "gopd_lightning.data",
+    "SFTModule": "gopd_lightning.sft",
     "SamplingConfig": "gopd_lightning.rollout",
     "UpdateConfig": "gopd_lightning.policy",
     "policy_gradient_loss": "gopd_lightning.objective",

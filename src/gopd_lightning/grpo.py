@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
-from gopd_lightning.objective import group_normalized_advantages
+from gopd_lightning.objective import SequenceAdvantages, group_normalized_advantages
 from gopd_lightning.policy import PolicyModule
 from gopd_lightning.rewards import DOMAINS
+from gopd_lightning.step_stats import RolloutStatistics
 
 
 class GRPOModule(PolicyModule):
@@ -34,7 +33,7 @@ class GRPOModule(PolicyModule):
         if self.sampling.samples_per_prompt < 2:
             raise ValueError("GRPO needs sampling.samples_per_prompt >= 2: advantages compare samples of one prompt")
 
-    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
+    def training_step(self, batch: list[dict], batch_idx: int) -> dict[str, Any]:
         unscorable = sorted({row["id"] for row in batch if not row.get("ground_truth") or row["domain"] not in DOMAINS})
         if unscorable:
             raise ValueError(
@@ -43,13 +42,8 @@ class GRPOModule(PolicyModule):
             )
         rollout = self.rollout(batch, self.sampling)
         rewards = self.accuracy(rollout)
-        sequence_advantages = group_normalized_advantages(rewards, self.sampling.samples_per_prompt)
-
-        def advantage_fn(student_logp: Tensor, rows: Tensor) -> Tensor:
-            return sequence_advantages[rows.to(rewards.device)].unsqueeze(1).expand_as(student_logp)
-
-        loss, _, entropy, _ = self.optimise(rollout, advantage_fn)
         n = self.sampling.samples_per_prompt
+        update = self.update_policy(rollout, SequenceAdvantages(group_normalized_advantages(rewards, n)))
         groups = rewards.view(-1, n)
         per_row = {  # a group's statistics repeated on its rows: the row mean is the group mean
             "reward": rewards,
@@ -57,6 +51,5 @@ class GRPOModule(PolicyModule):
             "solved_groups": (groups.max(dim=1).values > 0).double().repeat_interleave(n),
             "uniform_groups": (groups.max(dim=1).values == groups.min(dim=1).values).double().repeat_interleave(n),
         }
-        self.log_step_stats("train", rollout, {"entropy": entropy}, per_row, prog_bar=("reward",))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
-        return loss
+        statistics = RolloutStatistics(rollout, tokens={"entropy": update.entropy}, rows=per_row)
+        return {"loss": update.loss, "statistics": statistics}

@@ -15,7 +15,8 @@ The loss is the policy gradient of J with the advantage held constant.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -42,6 +43,39 @@ def token_advantages(
         )
     ref_logp = ref_logp.detach()
     return lam * (teacher_logp - ref_logp) - (student_logp - ref_logp)
+
+
+class Advantages(Protocol):
+    """The advantages of a rollout's sampled tokens, given the student's own (detached) log-probs of them."""
+
+    def of(self, student_logp: Tensor, rows: Tensor) -> Tensor:
+        """Advantages [len(rows), time] of the rollout rows ``rows``, whose student log-probs are ``student_logp``."""
+        ...
+
+
+@dataclass
+class DistillationAdvantages:
+    """G-OPD's dense token advantages (:func:`token_advantages`) from fixed teacher and reference log-probs."""
+
+    teacher_logp: Tensor
+    ref_logp: Tensor | None
+    lam: float
+
+    def of(self, student_logp: Tensor, rows: Tensor) -> Tensor:
+        rows = rows.to(self.teacher_logp.device)
+        ref_logp = None if self.ref_logp is None else self.ref_logp[rows]
+        return token_advantages(student_logp, self.teacher_logp[rows], ref_logp, self.lam)
+
+
+@dataclass
+class SequenceAdvantages:
+    """One advantage per response, on every one of its tokens (GRPO's; SFT's cross-entropy is all ones)."""
+
+    values: Tensor
+    """[rows] one value per response."""
+
+    def of(self, student_logp: Tensor, rows: Tensor) -> Tensor:
+        return self.values[rows.to(self.values.device)].unsqueeze(1).expand_as(student_logp).to(student_logp.dtype)
 
 
 def aggregate(values: Tensor, mask: Tensor, aggregation: Aggregation = "seq-mean-token-mean") -> Tensor:

@@ -1,9 +1,16 @@
-"""``PolicyModule``: what every trainer of a sampling student shares.
+"""``PolicyModule``: what every trainer of a sampling student shares, as steps a ``training_step`` calls.
 
-The student and its tokenizer (built in ``configure_model``), rollouts, the update loop that turns
-a rollout's advantages into optimiser steps (mini-batches and micro-batches, PPO clip), and the
-benchmark evaluation (k samples per problem, avg@k and pass@k, per benchmark and domain).
-:class:`~gopd_lightning.module.GOPDModule` (distillation) and the baselines build on it.
+- ``configure_model``: the student, its tokenizer and the run's frozen models (``self.frozen``,
+  set by a subclass: :class:`~gopd_lightning.frozen.FrozenModels`), sharded under FSDP2;
+- ``rollout``: the student samples responses to a batch of rows;
+- ``update_policy``: a rollout's advantages become optimiser updates (the paper's one on-policy
+  update, or PPO's clipped updates), with micro-batches that do not change the gradient;
+- ``accuracy``: each response checked against its row's ground truth;
+- evaluation: k samples per problem, scored into avg@k and pass@k per benchmark and domain.
+
+A ``training_step`` returns ``{"loss", "statistics"}``; callbacks log them and the benchmark scores
+(:class:`~gopd_lightning.callbacks.StepStatistics`, :class:`~gopd_lightning.callbacks.BenchmarkAccuracy`).
+:class:`~gopd_lightning.distillation.GOPDModule` (distillation) and the baselines build on it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from lightning.pytorch import LightningModule
@@ -22,23 +30,17 @@ from torch.optim import AdamW, Optimizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
+from gopd_lightning.frozen import FrozenModels, keep_out_of_checkpoints
 from gopd_lightning.logprobs import TokenScores
 from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_tokenizer
-from gopd_lightning.objective import AGGREGATIONS, Aggregation, policy_gradient_loss
+from gopd_lightning.objective import AGGREGATIONS, Advantages, Aggregation, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
-from gopd_lightning.rollout import (
-    Rollout,
-    SamplingConfig,
-    eval_mode,
-    generate_rollout,
-    response_logprobs,
-    with_prompts_of,
-)
+from gopd_lightning.rollout import Rollout, SamplingConfig, eval_mode, generate_rollout
+from gopd_lightning.scoring import TokenScorer
 from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
-from gopd_lightning.step_stats import domain_groups, step_statistics
+from gopd_lightning.step_stats import domains_on_every_rank
 
-AdvantageFn = Callable[[Tensor, Tensor], Tensor]
 log = logging.getLogger(__name__)
 
 
@@ -147,24 +149,30 @@ class PolicyModule(LightningModule):
         self.update = update or UpdateConfig()
         self.eval_samples = dict(eval_samples or {})
         self.scores = nn.ModuleDict({stage: BenchmarkScores(eval_pass_k or ()) for stage in ("val", "test")})
-        self.eval_results: dict[str, dict[str, float]] = {}
         self.optimizer_factory: Callable[[Iterable[nn.Parameter]], Optimizer] = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.automatic_optimization = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.student: PreTrainedModel | None = None
+        self.scorer: TokenScorer | None = None
+        self.frozen: FrozenModels | None = None
+        """The run's teachers and reference, when the method has any (set by the subclass)."""
+        keep_out_of_checkpoints(self)
 
     def configure_model(self) -> None:
         """Load the tokenizer, the student and the frozen models, once (Lightning may call this again).
 
-        Subclasses name their frozen models in two hooks: ``check_frozen_tokenizers`` (before any
-        weights load, so a vocabulary mismatch fails fast) and ``load_frozen_models``. Then
-        activation checkpointing and, under a device mesh, FSDP2 apply to every model.
+        Every frozen model's tokenizer is checked before any weights load, so a vocabulary mismatch
+        fails fast. Then activation checkpointing and, under a device mesh, FSDP2 apply to every model.
         """
         if self.student is not None:
             return
         self.tokenizer = load_tokenizer(self.hparams.student)
-        self.check_frozen_tokenizers()
+        self.scorer = TokenScorer(len(self.tokenizer), self.hparams.logprob_chunk_size, self.chat_template_kwargs)
+        if self.frozen is not None:
+            if self.device_mesh is not None and self.frozen.offload:
+                raise ValueError("offload_frozen does not combine with FSDP2, which shards the frozen models instead")
+            self.frozen.check_tokenizers(self.tokenizer)
         student = load_causal_lm(self.hparams.student, self.hparams.student_dtype)
         check_vocabulary_fits(student, self.tokenizer, f"student ({self.hparams.student})")
         if self.hparams.get("lora"):
@@ -172,7 +180,12 @@ class PolicyModule(LightningModule):
 
             student = get_peft_model(student, LoraConfig(task_type="CAUSAL_LM", **self.hparams.lora))
         self.student = student.train()
-        parallelize(self.student, self.load_frozen_models(), self.device_mesh, self.sharding)
+        frozen = (
+            []
+            if self.frozen is None
+            else self.frozen.load(self.student, self.tokenizer, bool(self.hparams.get("lora")))
+        )
+        parallelize(self.student, frozen, self.device_mesh, self.sharding)
 
     def setup(self, stage: str) -> None:
         """Checkpoints of single files are written atomically (see ``gopd_lightning.checkpointing``)."""
@@ -180,13 +193,16 @@ class PolicyModule(LightningModule):
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
 
-    def stop_unless_finite(self, values: Tensor, mask: Tensor | None, what: str) -> None:
-        """Raise :class:`NonFiniteError` on every rank when ``values`` (where ``mask``) is NaN or inf on any rank.
+    def on_fit_start(self) -> None:
+        """With ``offload_frozen``, park the frozen models in CPU memory once the trainer placed them."""
+        if self.frozen is not None:
+            self.frozen.park()
+
+    def stop_if(self, bad: bool, what: str) -> None:
+        """Raise :class:`NonFiniteError` on every rank when ``bad`` on any rank: ``what`` is not finite.
 
         Checked before the optimiser step, so neither the student nor a checkpoint takes the bad step.
         """
-        kept = values if mask is None else values[mask]
-        bad = not bool(torch.isfinite(kept).all())
         if self._trainer is not None:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
@@ -196,63 +212,10 @@ class PolicyModule(LightningModule):
                 "and the last checkpoint is left as it was"
             )
 
-    def check_frozen_tokenizers(self) -> None:
-        """Check the frozen models' tokenizers against the student's (``self.tokenizer``); none here."""
-
-    def load_frozen_models(self) -> list[nn.Module]:
-        """Build the frozen models (the student is loaded) and return them for sharding; none here."""
-        return []
-
     @property
     def sharded(self) -> bool:
         """Whether the models are FSDP2-sharded: every forward is then a collective that all ranks must join."""
         return self.device_mesh is not None
-
-    def domains_on_every_rank(self, local: Iterable[str]) -> list[str]:
-        """The sorted union of ``local`` domains over all ranks (the same list on every rank)."""
-        mine = sorted(set(local))
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return mine
-        every = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(every, mine)
-        return sorted(set().union(*every))
-
-    def log_step_stats(
-        self,
-        stage: str,
-        rollout: Rollout,
-        token_values: Mapping[str, Tensor],
-        row_values: Mapping[str, Tensor],
-        prog_bar: Iterable[str] = (),
-    ) -> None:
-        """Log a step's rollout statistics, exact over all ranks, overall and (several domains) per domain.
-
-        Always logs ``response_length``, ``response_length_max`` and ``truncated`` besides the
-        given token statistics (means over response tokens) and row statistics (NaN = no value).
-        """
-        domains = [row["domain"] for row in rollout.rows]
-        lengths = rollout.response_lengths.double()
-        rows = {
-            **row_values,
-            "response_length": lengths,
-            "truncated": (~rollout.ended).double(),
-        }
-        stats = step_statistics(
-            domain_groups(domains, self.domains_on_every_rank(domains)),
-            rollout.response_mask,
-            token_values,
-            rows,
-            {"response_length_max": lengths},
-            self.all_gather if self._trainer is not None else lambda tensor: tensor,
-        )
-        shown = set(prog_bar)
-        for key, value in stats.items():
-            self.log(f"{stage}/{key}", value, prog_bar=key in shown, batch_size=len(rollout.rows))
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the shared vocabulary: logits beyond it (embedding padding) are never used."""
-        return len(self.tokenizer)
 
     def rollout(self, rows: list[dict], sampling: SamplingConfig, training: bool = True) -> Rollout:
         """Sample responses to ``rows`` from the student (gathered whole for the call under FSDP2).
@@ -277,114 +240,120 @@ class PolicyModule(LightningModule):
         Scored with dropout off, as the student sampled them (activation checkpointing stays on).
         """
         with eval_mode(self.student, keep_checkpointed_layers=True):
-            return self.logprobs_of(self.student, rollout, sampler=rollout.sampling)
+            return self.scorer(self.student, rollout, sampler=rollout.sampling)
 
-    def logprobs_of(
-        self,
-        model: PreTrainedModel,
-        rollout: Rollout,
-        prompt_tokenizer: PreTrainedTokenizerBase | None = None,
-        sampler: SamplingConfig | None = None,
-    ) -> TokenScores:
-        """Log-prob and entropy of the rollout's response tokens under ``model``.
+    # ---------------------------------------------------------------- the update
+    def update_policy(self, rollout: Rollout, advantages: Advantages) -> PolicyUpdate:
+        """Turn one rollout's advantages into optimiser updates, then step the learning-rate schedule.
 
-        With ``prompt_tokenizer`` (a model whose chat template differs from the student's) the
-        prompts are rendered that model's way and the response ids appended unchanged. With a
-        ``sampler`` other than the model's own distribution, the sampler's log-probs come too.
+        The rows are split into ``updates_per_rollout`` mini-batches of near-equal size (one
+        optimiser step each), each into micro-batches of ``micro_batch_size`` (gradient
+        accumulation). Each micro-batch loss is weighted by its share of the mini-batch's
+        normaliser (sequences, or tokens for "token-mean"), so accumulation gives exactly the
+        mini-batch's gradient. With one update (the paper) the advantages come from the same
+        forward pass as the gradient; with several, PPO's clipped ratio to the rollout policy
+        applies (unless ``ratio_to_rollout`` is off). When another sampler than the student's own
+        distribution drew the tokens, each token's term carries the truncated importance weight
+        ``min(pi_theta / pi_sampler, 5)``.
         """
-        if prompt_tokenizer is None:
-            input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
-        else:
-            input_ids, attention_mask = with_prompts_of(prompt_tokenizer, rollout, self.chat_template_kwargs)
-        return response_logprobs(
-            model,
-            input_ids,
-            attention_mask,
-            rollout.response_ids.shape[1],
-            self.hparams.logprob_chunk_size,
-            self.vocab_size,
-            sampler,
-        )
-
-    def optimise(self, rollout: Rollout, advantage_fn: AdvantageFn) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Turn one rollout into optimiser updates; return (loss, student logp, entropy, advantages).
-
-        ``advantage_fn(student_logp, rows)`` gives the advantages of ``rows`` of the rollout from
-        their detached student log-probs. With one update per rollout (the paper) each
-        micro-batch's advantages come from the log-probs of the same forward pass. With several,
-        the rows are split into ``updates_per_rollout`` mini-batches of near-equal size (one
-        optimiser step each), and the advantages and the PPO ratio's old log-probs are fixed by a
-        no-grad pass first (unless ``ratio_to_rollout`` is off: SFT's cross-entropy has no ratio).
-        Each micro-batch loss is weighted by its share of the mini-batch's normaliser (sequences,
-        or tokens for "token-mean"), so accumulation gives exactly the mini-batch's gradient.
-        When another sampler than the student's own distribution drew the tokens, each token's
-        term carries the truncated importance weight ``min(pi_theta / pi_sampler, 5)``.
-        """
-        rows = len(rollout.rows)
-        updates = self.update.updates_per_rollout
+        rows, updates = len(rollout.rows), self.update.updates_per_rollout
         if updates > rows:
             raise ValueError(f"update.updates_per_rollout={updates} is more than the {rows} rows of a rollout batch")
-        micro_size = self.update.micro_batch_size or rows
-        shape = rollout.response_ids.shape
-        student_logp = torch.zeros(shape, device=rollout.input_ids.device)
-        entropy = torch.zeros_like(student_logp)
-        advantages = torch.zeros_like(student_logp)
-        fixed = updates > 1 and self.ratio_to_rollout
-        old_logp = sampler_logp = None
-        if fixed:  # the rollout policy's log-probs, advantages and sampler weights, before any update
-            old_logp, sampler_logp = torch.zeros_like(student_logp), torch.zeros_like(student_logp)
-            with torch.no_grad():
-                for start in range(0, rows, micro_size):
-                    part = slice(start, start + micro_size)
-                    scores = self.student_logprobs(rollout.select(part))
-                    old_logp[part], entropy[part] = scores.logp, scores.entropy
-                    if scores.sampler_logp is not None:
-                        sampler_logp[part] = scores.sampler_logp
-            student_logp.copy_(old_logp)
-            advantages = advantage_fn(old_logp, torch.arange(rows))
-            if not rollout.sampling or rollout.sampling.samples_the_model:
-                sampler_logp = None
-
-        optimizer = self.optimizers()
-        minis = torch.randperm(rows).tensor_split(updates) if updates > 1 else [torch.arange(rows)]
-        losses = []
-        for mini in minis:
-            normaliser = self._normaliser(rollout.response_mask[mini])
-            for micro in mini.split(micro_size):
-                part = rollout.select(micro)
-                scores = self.student_logprobs(part)
-                if not fixed:
-                    student_logp[micro], entropy[micro] = scores.logp.detach(), scores.entropy
-                    advantages[micro] = advantage_fn(scores.logp.detach(), micro)
-                loss = policy_gradient_loss(
-                    scores.logp,
-                    advantages[micro],
-                    part.response_mask,
-                    old_logp=old_logp[micro] if fixed else None,
-                    sampler_logp=sampler_logp[micro] if sampler_logp is not None else scores.sampler_logp,
-                    clip_eps=self.update.clip_eps if fixed else None,
-                    aggregation=self.update.aggregation,
-                )
-                loss = loss * self._normaliser(part.response_mask) / normaliser
-                self.stop_unless_finite(loss, None, "the loss (the student's log-probs or the advantages)")
-                self.manual_backward(loss)
-                losses.append(loss.detach())
-            if self.update.max_grad_norm is not None:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=self.update.max_grad_norm, gradient_clip_algorithm="norm"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        if updates > 1 and self.ratio_to_rollout:
+            result = self._clipped_updates(rollout, advantages)
+        else:
+            result = self._fresh_updates(rollout, advantages)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        return torch.stack(losses).sum() / len(minis), student_logp, entropy, advantages
+        return result
+
+    def _fresh_updates(self, rollout: Rollout, advantages: Advantages) -> PolicyUpdate:
+        """Updates whose advantages come from each micro-batch's own forward pass (on-policy; SFT)."""
+        shape, device = rollout.response_ids.shape, rollout.input_ids.device
+        student_logp, entropy, token_advantages = (torch.zeros(shape, device=device) for _ in range(3))
+        minis, losses = self._mini_batches(len(rollout.rows)), []
+        for mini in minis:
+            normaliser = self._normaliser(rollout.response_mask[mini])
+            for micro in mini.split(self._micro_size(rollout)):
+                part = rollout.select(micro)
+                scores = self.student_logprobs(part)
+                student_logp[micro], entropy[micro] = scores.logp.detach(), scores.entropy
+                token_advantages[micro] = advantages.of(scores.logp.detach(), micro)
+                loss = policy_gradient_loss(
+                    scores.logp,
+                    token_advantages[micro],
+                    part.response_mask,
+                    sampler_logp=scores.sampler_logp,
+                    aggregation=self.update.aggregation,
+                )
+                losses.append(self._backward(loss, part, normaliser))
+            self._optimiser_step()
+        return PolicyUpdate(torch.stack(losses).sum() / len(minis), student_logp, entropy, token_advantages)
+
+    def _clipped_updates(self, rollout: Rollout, advantages: Advantages) -> PolicyUpdate:
+        """PPO: log-probs, advantages and sampler weights of the rollout policy are fixed before the first update."""
+        old_logp, entropy, sampler_logp = self._rollout_policy_scores(rollout)
+        token_advantages = advantages.of(old_logp, torch.arange(len(rollout.rows)))
+        minis, losses = self._mini_batches(len(rollout.rows)), []
+        for mini in minis:
+            normaliser = self._normaliser(rollout.response_mask[mini])
+            for micro in mini.split(self._micro_size(rollout)):
+                part = rollout.select(micro)
+                loss = policy_gradient_loss(
+                    self.student_logprobs(part).logp,
+                    token_advantages[micro],
+                    part.response_mask,
+                    old_logp=old_logp[micro],
+                    sampler_logp=None if sampler_logp is None else sampler_logp[micro],
+                    clip_eps=self.update.clip_eps,
+                    aggregation=self.update.aggregation,
+                )
+                losses.append(self._backward(loss, part, normaliser))
+            self._optimiser_step()
+        return PolicyUpdate(torch.stack(losses).sum() / len(minis), old_logp, entropy, token_advantages)
+
+    @torch.no_grad()
+    def _rollout_policy_scores(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Log-probs, entropy and (another sampler drew the tokens) sampler log-probs before any update."""
+        parts = [
+            self.student_logprobs(rollout.select(slice(start, start + self._micro_size(rollout))))
+            for start in range(0, len(rollout.rows), self._micro_size(rollout))
+        ]
+        sampler = [part.sampler_logp for part in parts if part.sampler_logp is not None]
+        return (
+            torch.cat([part.logp for part in parts]),
+            torch.cat([part.entropy for part in parts]),
+            torch.cat(sampler) if sampler else None,
+        )
+
+    def _mini_batches(self, rows: int) -> list[Tensor]:
+        updates = self.update.updates_per_rollout
+        return list(torch.randperm(rows).tensor_split(updates)) if updates > 1 else [torch.arange(rows)]
+
+    def _micro_size(self, rollout: Rollout) -> int:
+        return self.update.micro_batch_size or len(rollout.rows)
+
+    def _backward(self, loss: Tensor, part: Rollout, normaliser: Tensor) -> Tensor:
+        """Backpropagate a micro-batch's share of its mini-batch loss; return it detached."""
+        loss = loss * self._normaliser(part.response_mask) / normaliser
+        self.stop_if(not bool(torch.isfinite(loss)), "the loss (the student's log-probs or the advantages)")
+        self.manual_backward(loss)
+        return loss.detach()
+
+    def _optimiser_step(self) -> None:
+        optimizer = self.optimizers()
+        if self.update.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.update.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def _normaliser(self, mask: Tensor) -> Tensor:
         if self.update.aggregation == "token-mean":
             return mask.sum().clamp_min(1).float()
         return (mask.sum(dim=-1) > 0).sum().clamp_min(1).float()
 
+    # ---------------------------------------------------------------- answers and evaluation
     def accuracy(self, rollout: Rollout) -> Tensor:
         """Per-row correctness (1 or 0) of the rows that carry a checkable answer; NaN for the others."""
         scores = torch.full((len(rollout.rows),), float("nan"), device=rollout.input_ids.device)
@@ -402,16 +371,23 @@ class PolicyModule(LightningModule):
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         self.evaluate("test", batch)
 
+    def on_validation_epoch_start(self) -> None:
+        self.scores["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.scores["test"].reset()
+
     def evaluate(self, stage: str, batch: list[dict]) -> None:
         """Sample k responses per problem (k by domain) and add them to the stage's benchmark scores.
 
         Padding rows (the evaluation sampler evens the ranks out with them) are not scored. Under
         FSDP2 every rank samples every domain that any rank holds, in one order (a rank without
         that domain samples a placeholder it throws away), so the ranks' collectives pair up.
+        :class:`~gopd_lightning.callbacks.BenchmarkAccuracy` logs the scores at the end of the run.
         """
         scored = [row for row in batch if _checkable(row)]
         present = sorted({row["domain"] for row in scored})
-        for domain in self.domains_on_every_rank(present) if self.sharded else present:
+        for domain in domains_on_every_rank(present) if self.sharded else present:
             rows = [row for row in scored if row["domain"] == domain]
             if not rows:
                 self.rollout(batch[:1], dataclasses.replace(self.eval_sampling, samples_per_prompt=1), training=False)
@@ -425,25 +401,14 @@ class PolicyModule(LightningModule):
                 [row.get("source") or domain for row in rows], [domain] * len(rows), correct, lengths
             )
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
 
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
+class PolicyUpdate(NamedTuple):
+    """What one rollout's updates leave: the mean loss, and per token the student log-prob, entropy and advantage."""
 
-    def _log_scores(self, stage: str) -> None:
-        """Log the epoch's benchmark table (already reduced across ranks) and keep it for writers."""
-        results = {f"{stage}/{key}": float(value) for key, value in self.scores[stage].compute().items()}
-        self.scores[stage].reset()
-        self.eval_results[stage] = results
-        for key, value in results.items():
-            self.log(key, value, prog_bar=key == f"{stage}/accuracy")
-
-
-def mean_of_known(scores: Tensor) -> Tensor | None:
-    """Mean of the scores that are not NaN (rows with a checkable answer); None when there are none."""
-    known = scores[~scores.isnan()]
-    return known.mean() if known.numel() else None
+    loss: Tensor
+    student_logp: Tensor
+    entropy: Tensor
+    advantages: Tensor
 
 
 def _checkable(row: Mapping) -> bool:

@@ -1,4 +1,4 @@
-"""Rollouts: chat prompts -> sampled responses, and scoring of sampled tokens by any model.
+"""Rollouts: chat prompts -> sampled responses (scoring them is ``gopd_lightning.scoring``).
 
 Layout of a rollout batch: each row is ``[left-padded prompt | right-padded response]``, so every
 response starts at the same column ``prompt_length``. ``response_mask`` keeps the generated tokens
@@ -14,16 +14,13 @@ correct the estimator (truncated importance weights).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import BaseModelOutputWithPast
-
-from gopd_lightning.logprobs import TokenScores, logprobs_from_hidden
 
 Row = dict[str, object]
 
@@ -282,76 +279,3 @@ def own_generation_config(model: PreTrainedModel) -> Iterator[None]:
 def _generating_model(model: nn.Module) -> PreTrainedModel:
     """The transformers model behind a PEFT wrapper (the one whose ``generation_config`` counts)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def response_logprobs(
-    model: PreTrainedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    response_length: int,
-    chunk_size: int = 1024,
-    vocab_size: int | None = None,
-    sampler: SamplingConfig | None = None,
-) -> TokenScores:
-    """Log-prob and entropy [rows, response_length] of the last ``response_length`` tokens.
-
-    Runs the decoder once and applies the output head chunk by chunk at the response positions
-    only (fp32, never the whole [rows, time, vocab]). Temperature 1: the model's own distribution.
-    ``vocab_size`` keeps the first logits only: embedding matrices padded beyond the tokenizer
-    differ between models, the shared vocabulary does not. With a ``sampler`` that is not the
-    model's own distribution, the log-probs under that sampler come too (``sampler_logp``).
-
-    The head runs in a forward hook of the decoder, inside the model's own forward call, so what
-    wraps that call (FSDP2 gathering the embeddings and the head) sees one ordinary forward; the
-    model's own logits are computed at one position only.
-    """
-    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
-    start = input_ids.shape[1] - response_length - 1
-    head = model.get_output_embeddings()
-    if vocab_size is not None:
-        full_head = head
-
-        def head(h: Tensor) -> Tensor:
-            return full_head(h)[..., :vocab_size]
-
-    warp: Callable[[Tensor], Tensor] | None = None
-    if sampler is not None and not sampler.samples_the_model:
-
-        def warp(logits: Tensor) -> Tensor:
-            return sampler_logits(logits, sampler)
-
-    scores = []
-
-    def score(decoder: nn.Module, inputs: tuple, output: BaseModelOutputWithPast) -> None:
-        hidden = output.last_hidden_state[:, start:]
-        scores.append(logprobs_from_hidden(hidden, head, input_ids[:, start + 1 :], chunk_size, warp))
-
-    hook = model.get_decoder().register_forward_hook(score)
-    try:
-        model(
-            input_ids=input_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=position_ids[:, :-1],
-            use_cache=False,
-            logits_to_keep=1,
-        )
-    finally:
-        hook.remove()
-    return scores[0]
-
-
-def with_prompts_of(
-    tokenizer: PreTrainedTokenizerBase, rollout: Rollout, template_kwargs: dict | None = None
-) -> tuple[Tensor, Tensor]:
-    """The rollout's responses behind its prompts rendered by another model's chat template.
-
-    A teacher scores the student's response token ids after the prompt as *it* was trained to
-    see it; the response block (and so the response columns) is unchanged.
-    """
-    prompts = encode_prompts(tokenizer, rollout.rows, template_kwargs=template_kwargs)
-    device = rollout.input_ids.device
-    input_ids = torch.cat([prompts["input_ids"].to(device), rollout.response_ids], dim=1)
-    attention_mask = torch.cat(
-        [prompts["attention_mask"].to(device), rollout.response_mask.to(prompts["attention_mask"].dtype)], dim=1
-    )
-    return input_ids, attention_mask

@@ -16,9 +16,10 @@ The DataModule keeps only the schema fields, so stored responses come from ``res
 schema with an extra ``response`` field serves as both: ``data.train: [{path: rows.jsonl}]`` and
 ``model.responses: rows.jsonl``. With responses for every row no teacher is needed.
 
-Teachers are built in ``configure_model``, frozen, and kept out of the optimiser and of
-checkpoints (the config rebuilds them), exactly as in :class:`~gopd_lightning.module.GOPDModule`.
-Evaluation is :class:`~gopd_lightning.policy.PolicyModule`'s: the student samples, answers are checked.
+Teachers are :class:`~gopd_lightning.frozen.FrozenModels`, as in
+:class:`~gopd_lightning.distillation.GOPDModule`: built in ``configure_model``, frozen, and kept out
+of the optimiser and of checkpoints (the config rebuilds them). Evaluation is
+:class:`~gopd_lightning.policy.PolicyModule`'s: the student samples, answers are checked.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
-from gopd_lightning.module import _drop_frozen_keys, _ignore_missing_frozen_keys
-from gopd_lightning.objective import aggregate
+from gopd_lightning.frozen import FrozenModels
+from gopd_lightning.objective import SequenceAdvantages, aggregate
 from gopd_lightning.policy import PolicyModule, UpdateConfig
 from gopd_lightning.rollout import Rollout, encode_prompts, generate_rollout
 from gopd_lightning.sharding import unsharded_generation
+from gopd_lightning.step_stats import RolloutStatistics
 
 
 class SFTModule(PolicyModule):
@@ -64,49 +64,26 @@ class SFTModule(PolicyModule):
                 1 in the paper), and ``update`` defaults to the mean over all response tokens of
                 the batch ("token-mean").
         """
-        policy_options.setdefault("update", UpdateConfig(aggregation="token-mean"))
+        if policy_options.get("update") is None:  # the CLI passes update=None when a config leaves it out
+            policy_options["update"] = UpdateConfig(aggregation="token-mean")
         super().__init__(student, **policy_options)
         if not teachers and not responses:
             raise ValueError(
                 "SFT needs responses to imitate: give teachers (domain -> model), a responses file, or both"
             )
         self.stored_responses = read_responses(responses) if responses else {}
-        self.teachers: nn.ModuleDict | None = None
-        self.teacher_tokenizers: dict[str, PreTrainedTokenizerBase] = {}
-        # teachers never enter checkpoints; the config rebuilds them
-        self.register_state_dict_post_hook(_drop_frozen_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
+        self.frozen = FrozenModels(teachers, None, frozen_dtype)
 
-    def check_frozen_tokenizers(self) -> None:
-        """Every teacher must share the student's vocabulary (checked before any weights load)."""
-        for domain, path in (self.hparams.teachers or {}).items():
-            self.teacher_tokenizers[domain] = load_tokenizer(path)
-            check_same_vocabulary(self.tokenizer, self.teacher_tokenizers[domain], f"teacher {domain!r} ({path})")
-
-    def load_frozen_models(self) -> list[nn.Module]:
-        """The frozen teachers that write the responses to imitate."""
-        teachers = dict(self.hparams.teachers or {})
-        self.teachers = nn.ModuleDict(
-            {domain: freeze(load_causal_lm(path, self.hparams.frozen_dtype)) for domain, path in teachers.items()}
-        )
-        for domain, teacher in self.teachers.items():
-            check_vocabulary_fits(teacher, self.tokenizer, f"teacher {domain!r} ({teachers[domain]})")
-        return list(self.teachers.values())
-
-    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
+    def training_step(self, batch: list[dict], batch_idx: int) -> dict[str, Any]:
         rollout = self.imitation_rollout(batch)
-
-        def advantage_fn(student_logp: Tensor, rows: Tensor) -> Tensor:
-            # the policy gradient with advantage 1 on the teacher's tokens: -agg(exp(logp - sg(logp)))
-            # has exactly the gradient of the cross-entropy -agg(logp)
-            return torch.ones_like(student_logp)
-
-        _, student_logp, entropy, _ = self.optimise(rollout, advantage_fn)
-        # accuracy of the imitated responses
-        self.log_step_stats("train", rollout, {"entropy": entropy}, {"accuracy": self.accuracy(rollout)})
-        loss = -aggregate(student_logp, rollout.response_mask, self.update.aggregation)  # the cross-entropy
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)  # mean over ranks
-        return loss
+        # the policy gradient with advantage 1 on the teacher's tokens, -agg(exp(logp - sg(logp))),
+        # has exactly the gradient of the cross-entropy -agg(logp)
+        update = self.update_policy(rollout, SequenceAdvantages(torch.ones(len(rollout.rows))))
+        statistics = RolloutStatistics(
+            rollout, tokens={"entropy": update.entropy}, rows={"accuracy": self.accuracy(rollout)}
+        )  # the accuracy of the imitated responses
+        loss = -aggregate(update.student_logp, rollout.response_mask, self.update.aggregation)  # the cross-entropy
+        return {"loss": loss, "statistics": statistics}
 
     def imitation_rollout(self, rows: Sequence[Mapping]) -> Rollout:
         """The student's prompts followed by the responses to imitate: stored ones, else the teacher's samples.
@@ -121,14 +98,15 @@ class SFTModule(PolicyModule):
             if text is not None
         ]
         unanswered = [row for row, text in stored if text is None]
-        missing = sorted({row["domain"] for row in unanswered} - set(self.teachers))
+        teachers = self.frozen.teachers
+        missing = sorted({row["domain"] for row in unanswered} - set(teachers))
         if missing:
             raise ValueError(
                 f"rows of domain(s) {missing} have no stored response and no teacher; teachers are given for "
-                f"{sorted(self.teachers)} (add one under model.teachers, or store responses)"
+                f"{sorted(teachers)} (add one under model.teachers, or store responses)"
             )
         # under FSDP2 every teacher generates on every rank (a placeholder row where a rank has none)
-        for domain in sorted(self.teachers) if self.sharded else sorted({row["domain"] for row in unanswered}):
+        for domain in sorted(teachers) if self.sharded else sorted({row["domain"] for row in unanswered}):
             rows = [row for row in unanswered if row["domain"] == domain]
             if rows:
                 imitated += self.teacher_responses(domain, rows)
@@ -150,7 +128,7 @@ class SFTModule(PolicyModule):
     @torch.no_grad()
     def teacher_responses(self, domain: str, rows: Sequence[Mapping]) -> list[tuple[Mapping, list[int]]]:
         """(row, response ids) sampled from ``domain``'s teacher; EOS is included when the response ended."""
-        teacher, tokenizer = self.teachers[domain], self.teacher_tokenizers[domain]
+        teacher, tokenizer = self.frozen.teachers[domain], self.frozen.teacher_tokenizer(domain)
         with unsharded_generation(teacher, self.sharding) as layerwise:
             rollout = generate_rollout(
                 teacher,

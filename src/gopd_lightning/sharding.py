@@ -1,7 +1,7 @@
 """FSDP2 for G-OPD: shard every model, keep the student whole while it generates, count all-gathers.
 
 Under Lightning's ``ModelParallelStrategy`` (``FSDP2Strategy`` below: every process in one FSDP
-group), ``GOPDModule.configure_model`` calls :func:`parallelize`:
+group), ``PolicyModule.configure_model`` calls :func:`parallelize` for every method:
 
 - every model gets ``fully_shard`` per decoder layer and once as a whole; the whole-model (root)
   group holds the embeddings, the final norm and the output head, so tied weights stay together;
@@ -100,7 +100,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         if not any(isinstance(p, DTensor) for p in self.lightning_module.parameters()):
             raise TypeError(
                 f"{type(self.lightning_module).__name__} did not shard its models in configure_model; "
-                "FSDP2 needs gopd_lightning.sharding.parallelize there (GOPDModule calls it)"
+                "FSDP2 needs gopd_lightning.sharding.parallelize there (PolicyModule.configure_model calls it)"
             )
         super().setup(trainer)
 

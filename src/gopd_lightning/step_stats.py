@@ -1,5 +1,8 @@
 """Statistics of a training step's rollout, exact over every rank, overall and per domain.
 
+A ``training_step`` returns its :class:`RolloutStatistics` (``{"loss", "statistics"}``) and the
+:class:`~gopd_lightning.callbacks.StepStatistics` callback logs :func:`rollout_statistics` of it.
+
 Each statistic is a mean kept as a (sum, count) pair: token statistics (reverse KL, entropy,
 advantage) count the kept response tokens, row statistics (length, truncation, accuracy) count
 the rows that have a value (NaN marks a row without one). Ranks exchange the pairs, so the logged
@@ -9,13 +12,56 @@ same keys whatever domains its own rows hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from gopd_lightning.rollout import Rollout
+
 Gather = Callable[[Tensor], Tensor]
 """This rank's tensor -> every rank's, stacked on a new first dimension (identity without ranks)."""
+
+
+@dataclass
+class RolloutStatistics:
+    """What a training step measured on its rollout, for the logging callback."""
+
+    rollout: Rollout
+    tokens: dict[str, Tensor] = field(default_factory=dict)
+    """[rows, time] values averaged over the kept response tokens (entropy, reverse KL, advantage)."""
+    rows: dict[str, Tensor] = field(default_factory=dict)
+    """[rows] values averaged over the rows that have one (NaN: none), e.g. accuracy."""
+
+
+def rollout_statistics(statistics: RolloutStatistics, gather: Gather) -> dict[str, float]:
+    """``{"<domain>/<name>": mean over all ranks}`` of a step, with the response length, its maximum and truncation.
+
+    Per-domain keys come when the ranks hold several domains together (the same keys on every rank).
+    """
+    rollout = statistics.rollout
+    domains = [row["domain"] for row in rollout.rows]
+    lengths = rollout.response_lengths.double()
+    rows = {**statistics.rows, "response_length": lengths, "truncated": (~rollout.ended).double()}
+    return step_statistics(
+        domain_groups(domains, domains_on_every_rank(domains)),
+        rollout.response_mask,
+        statistics.tokens,
+        rows,
+        {"response_length_max": lengths},
+        gather,
+    )
+
+
+def domains_on_every_rank(local: Iterable[str]) -> list[str]:
+    """The sorted union of ``local`` domains over all ranks (the same list on every rank)."""
+    mine = sorted(set(local))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return mine
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    return sorted(set().union(*every))
 
 
 def domain_groups(row_domains: Sequence[str], domains: Sequence[str]) -> dict[str, Tensor]:

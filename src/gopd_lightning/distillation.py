@@ -1,0 +1,115 @@
+"""``GOPDModule``: the LightningModule that trains a student with Generalized On-Policy Distillation.
+
+One training step reads top to bottom in ``training_step``, in the paper's order:
+
+    rows (prompt, domain, ground_truth)
+      1. rollout: chat template -> student ``generate``               (policy.PolicyModule.rollout)
+      2. score: each row's domain teacher and the reference score
+         the sampled tokens (no_grad, fp32, chunked)                 (frozen.FrozenModels.score)
+      3. advantages: lam * (teacher - ref) - (student - ref)          (objective.DistillationAdvantages)
+      4. loss and 5. update: policy gradient -> optimiser step(s)     (policy.PolicyModule.update_policy)
+      -> the step's statistics go to the logging callback             (callbacks.StepStatistics)
+
+From ``gopd fit`` to the optimiser step that is four files: ``cli.py`` (LightningCLI runs
+``Trainer.fit``), this one, ``policy.py`` (the update) and ``objective.py`` (advantages and loss).
+
+Features:
+- Any number of teachers keyed by domain; every row is scored by its own domain's teacher.
+- The reference is a frozen copy of the student's initial weights by default, or any model;
+  it is never built when ``lam == 1`` (it cancels out of the objective).
+- Frozen models (:class:`~gopd_lightning.frozen.FrozenModels`) are built in ``configure_model``
+  (so a sharding strategy can wrap each), frozen, and left out of the optimiser and of
+  checkpoints; the config rebuilds them on resume.
+- Manual optimisation, so one rollout batch can be split into several optimiser updates (PPO
+  clip then matters) and micro-batches (gradient accumulation) without changing the gradient;
+  benchmark evaluation with avg@k and pass@k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from gopd_lightning.frozen import INITIAL, FrozenModels
+from gopd_lightning.objective import DistillationAdvantages
+from gopd_lightning.policy import PolicyModule
+from gopd_lightning.rollout import Rollout
+from gopd_lightning.step_stats import RolloutStatistics
+
+
+class GOPDModule(PolicyModule):
+    """Distil teachers into a student with the G-OPD objective (see the module docstring)."""
+
+    def __init__(
+        self,
+        student: str,
+        teachers: dict[str, str],
+        reference: str | None = INITIAL,
+        lam: float = 1.0,
+        frozen_dtype: str = "float32",
+        offload_frozen: bool = False,
+        **policy_options: Any,
+    ) -> None:
+        """
+        Args:
+            student: path, hub id or ``toy:<name>`` of the model to train.
+            teachers: domain -> teacher model; each row is scored by its domain's teacher.
+            reference: "initial" (the student's initial weights: a frozen copy, or for a LoRA
+                student the base model with the adapter disabled, with no second copy), a model
+                path (e.g. the teacher's pre-RL base, for reward correction), or None (only with
+                lam 1).
+            lam: reward scale lambda: 1 = OPD, > 1 = ExOPD (1.25 in the paper), < 1 interpolation.
+            frozen_dtype: weights of the teachers and the reference.
+            offload_frozen: keep the teachers and the reference in CPU memory between uses.
+            policy_options: the student's options, as in :class:`~gopd_lightning.policy.PolicyModule`
+                (sampling, eval_sampling, eval_samples, eval_pass_k, update, max_prompt_length,
+                logprob_chunk_size, student_dtype, optimizer, lr_scheduler, lora,
+                chat_template_kwargs, sharding).
+        """
+        super().__init__(student, **policy_options)
+        if not teachers:
+            raise ValueError("teachers is empty: give at least one domain -> teacher model")
+        if not lam > 0:
+            raise ValueError(
+                f"lam={lam!r} is invalid: the reward scale must be > 0 (1 = OPD, 1.25 = the paper's ExOPD)"
+            )
+        if lam != 1.0 and reference is None:
+            raise ValueError(
+                f"lam={lam} needs a reference model (lam == 1 is the only case where it cancels); "
+                f"set reference to {INITIAL!r} (the student's initial weights) or a model path"
+            )
+        self.lam = float(lam)
+        """The reward scale lambda."""
+        used_reference = None if self.lam == 1.0 else reference
+        self.frozen = FrozenModels(teachers, used_reference, frozen_dtype, offload_frozen)
+
+    def setup(self, stage: str) -> None:
+        """Fail early when the training data holds a domain that has no teacher."""
+        super().setup(stage)
+        domains = getattr(self.trainer.datamodule, "domains", None) if self._trainer is not None else None
+        if stage == "fit" and domains:
+            self.frozen.check_domains(domains)
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> dict[str, Any]:
+        self.frozen.check_domains(row["domain"] for row in batch)
+        rollout = self.rollout(batch, self.sampling)
+        teacher_logp, ref_logp = self.score_frozen(rollout)
+        update = self.update_policy(rollout, DistillationAdvantages(teacher_logp, ref_logp, self.lam))
+        statistics = RolloutStatistics(
+            rollout,
+            tokens={
+                "advantage": update.advantages,
+                "reverse_kl": update.student_logp - teacher_logp,
+                "entropy": update.entropy,
+            },
+            rows={"accuracy": self.accuracy(rollout)},  # scored once: code runs in the sandbox
+        )
+        return {"loss": update.loss, "statistics": statistics}
+
+    def score_frozen(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """Teacher and (lam != 1) reference log-probs of the sampled tokens; a NaN or inf stops the run (named)."""
+        scores = self.frozen.score(rollout, self.scorer, self.student, every_teacher=self.sharded)
+        named = " and ".join(scores.non_finite) or "a frozen model (on another rank)"
+        self.stop_if(bool(scores.non_finite), f"the log-probs of {named}")
+        return scores.teacher, scores.reference
