@@ -115,7 +115,9 @@ def spy_on_losses(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         loss = real(*args, **kwargs)
-        calls.append({**bound.arguments, "logp": bound.arguments["logp"].detach().clone(), "loss": float(loss)})
+        calls.append(
+            {**bound.arguments, "logp": bound.arguments["logp"].detach().clone(), "loss": float(loss.detach())}
+        )
         return loss
 
     monkeypatch.setattr(policy, "policy_gradient_loss", spy)

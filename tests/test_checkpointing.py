@@ -32,6 +32,7 @@ def test_a_kill_during_a_save_leaves_the_old_checkpoint_whole(tmp_path: Path) ->
         [sys.executable, "-c", SAVER, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
     assert saver.stdout.readline().strip() == "saved"
+    saver.stdout.close()
     first = target.stat()
     saver.stdin.write("go\n")
     saver.stdin.flush()
@@ -44,6 +45,7 @@ def test_a_kill_during_a_save_leaves_the_old_checkpoint_whole(tmp_path: Path) ->
         time.sleep(0.0005)
     saver.send_signal(signal.SIGKILL)
     saver.wait()
+    saver.stdin.close()
     assert torch.load(target, weights_only=True)["version"] in (1, 2)  # whole, whichever it is
 
     AtomicCheckpointIO().save_checkpoint({"version": 3}, target)  # the next save cleans up after the killed one

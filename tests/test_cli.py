@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,30 @@ def test_fit_resume_and_test_on_the_toy_world(toy_models: dict[str, Path], tmp_p
     table = (test_dir / "results-test.md").read_text()
     assert "| group | problems | accuracy | pass@1 | pass@4 | response_length |" in table
     assert "| all | 64 |" in table and "domain/math" in table
+
+
+def run_gopd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gopd_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_lists_every_command_and_no_predict(tmp_path: Path) -> None:
+    done = run_gopd("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for command in ("fit", "validate", "test", "toy", "export", "expo"):
+        assert command in done.stdout, command
+    assert "predict" not in done.stdout  # a policy is scored by benchmarks, not by predict
+
+
+def test_fit_help_shows_the_methods_options_without_warnings_of_our_making(tmp_path: Path) -> None:
+    done = run_gopd("fit", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for option in ("--model.lam", "--model.teachers", "--model.reference", "--model.sampling"):
+        assert option in done.stdout, option
+    assert "--model.help" in done.stdout  # how to see SFTModule's or GRPOModule's options instead
+    assert "register_new_resolver" not in done.stderr  # omegaconf's deprecation, once caused by us
+    assert "args parameter is intended" not in done.stderr  # LightningCLI's "args and sys.argv" warning
 
 
 def test_toy_prepare_command(toy_models: dict[str, Path], tmp_path: Path) -> None:

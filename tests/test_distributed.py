@@ -191,7 +191,7 @@ def test_fsdp_checkpoint_is_distributed_holds_the_student_only_and_exports(runs:
     assert not any("teachers" in key or "reference" in key for key in keys)
 
     out = checkpoint.parents[2] / "exported"
-    gopd("export", "--ckpt", str(checkpoint), "--out", str(out), cwd=out.parent)
+    gopd("export", str(checkpoint), "--output", str(out), cwd=out.parent)
     exported = AutoModelForCausalLM.from_pretrained(out).state_dict()
     trained = load_student(checkpoint).student.state_dict()
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)

@@ -29,7 +29,7 @@ def trained(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 def test_export_round_trip(trained: tuple[Path, GOPDModule], tiny_models: dict[str, str], tmp_path: Path) -> None:
     path, module = trained
-    main(["export", "--ckpt", str(path), "--out", str(tmp_path)])
+    main(["export", str(path), "--output", str(tmp_path)])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path)
     weights, initial = module.student.state_dict(), AutoModelForCausalLM.from_pretrained(tiny_models["student"])
     assert exported.state_dict().keys() == weights.keys()
@@ -47,9 +47,7 @@ def test_export_in_bf16_with_the_experiment_configs(
     config = tmp_path / "tiny.yaml"  # as a run moved to another machine would name its models
     config.write_text(f"model:\n  student: {tiny_models['student']}\n  teachers: {{math: {tiny_models['teacher']}}}\n")
     out = tmp_path / "out"
-    main(
-        ["export", "--ckpt", str(path), "--config", *EXOPD_FILES, str(config), "--out", str(out), "--dtype", "bfloat16"]
-    )
+    main(["export", str(path), "--config", *EXOPD_FILES, str(config), "--output", str(out), "--dtype", "bfloat16"])
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert exported.dtype == torch.bfloat16
     weights = module.student.state_dict()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gopd_lightning.cli import same_class
 from helpers import EXOPD, gopd
 
 GREEDY_EVAL = [
@@ -102,3 +103,10 @@ def test_the_command_line_and_later_configs_win_over_the_checkpoint(
     )
     table = (tested / "results-test.md").read_text()
     assert "pass@3" in table and "pass@2" not in table
+
+
+def test_a_checkpoint_matches_its_method_however_the_class_path_is_spelled() -> None:
+    assert same_class("gopd_lightning.GOPDModule", "gopd_lightning.distillation.GOPDModule")
+    assert same_class("gopd_lightning.sft.SFTModule", "gopd_lightning.SFTModule")  # configs before the pieces
+    assert same_class("gopd_lightning.module.GOPDModule", "gopd_lightning.GOPDModule")  # a module since renamed
+    assert not same_class("gopd_lightning.GOPDModule", "gopd_lightning.SFTModule")

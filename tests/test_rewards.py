@@ -8,7 +8,7 @@ import pytest
 
 from gopd_lightning.rewards import score, score_batch
 from gopd_lightning.rewards.math import last_boxed, normalize_answer
-from gopd_lightning.rewards.pool import run_all
+from gopd_lightning.rewards.pool import WorkerPool, run_all
 
 
 @pytest.mark.parametrize(
@@ -68,6 +68,16 @@ def test_a_hung_check_is_killed_and_scored_zero() -> None:
     assert run_all(time.sleep, [(60,), (0,)], timeout_s=2) == [0.0, 0.0]  # sleep returns None -> failure too
     assert time.monotonic() - started < 30
     assert run_all(abs, [(-1.0,)], timeout_s=10) == [1.0]  # the pool recovers after the kill
+
+
+def test_a_closed_pool_leaves_no_open_pipes() -> None:
+    pool = WorkerPool(2)
+    assert pool.run("builtins:abs", [-2], timeout_s=30) == 2
+    with pytest.raises(TimeoutError):
+        pool.run("time:sleep", [60], timeout_s=0.5)  # this worker is killed and replaced
+    pool.close()
+    for worker in pool.every:  # an open pipe at exit is a ResourceWarning in every user's log
+        assert worker.process.stdin.closed and worker.process.stdout.closed
 
 
 UNGUARDED = """

@@ -1,8 +1,10 @@
 """The ``gopd`` command: LightningCLI (fit, validate, test) plus a few tools.
 
-    gopd fit -c configs/toy/exopd.yaml            # train (YAML configs compose: -c a.yaml -c b.yaml)
-    gopd validate -c configs/toy/exopd.yaml       # evaluate
-    gopd toy prepare [--force]                    # build the offline toy world ahead of time
+    gopd fit -c configs/toy.yaml -c configs/toy/exopd.yaml    # train (configs compose left to right)
+    gopd validate -c configs/toy.yaml -c configs/toy/exopd.yaml --ckpt_path <ckpt>
+    gopd toy prepare [--all] [--force]                        # build the offline toy world ahead of time
+    gopd export CKPT --output DIR                             # the trained student in Hugging Face format
+    gopd expo INITIAL TRAINED --alpha A --output DIR          # ExPO weight extrapolation
 
 Configs are read in omegaconf mode, so ``${...}`` interpolation works, and ``${now:%Y%m%d-%H%M%S}``
 stamps a run directory once per launch.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import sys
 import warnings
@@ -33,15 +36,29 @@ from gopd_lightning.weight_extrapolation import expo
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 """What every run starts from (seed, loggers, checkpoints, result tables); experiment configs state the rest."""
 RUNS = ("fit", "validate", "test")
+DEFAULT_METHOD = "gopd_lightning.GOPDModule"
+TOOLS_HELP = """other commands (each with --help):
+  gopd toy prepare [--all] [--force]              build the offline toy world ahead of time
+  gopd export CKPT --output DIR                   a trained student in Hugging Face format
+  gopd expo INITIAL TRAINED --alpha A --output DIR  ExPO weight extrapolation"""
+
+
+def _now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
 
 
 def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("now"):
-        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+    if not OmegaConf.has_resolver("now"):  # cached: one stamp per launch
+        OmegaConf.register_resolver("now", _now, use_cache=True)
 
 
 class GOPDCLI(LightningCLI):
     """LightningCLI that measures the starting student before ``fit`` and reports where results went."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test: a policy is scored by benchmarks, there is nothing to ``predict``."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in RUNS}
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         # the DataModule drops prompts that the student's tokenizer makes longer than the limit
@@ -71,7 +88,7 @@ class GOPDCLI(LightningCLI):
         class_path = hparams.pop("_class_path", None)
         hparams.pop("_instantiator", None)
         model = self.config[subcommand].model
-        if class_path is not None and model is not None and model.class_path != class_path:
+        if class_path is not None and model is not None and not same_class(model.class_path, class_path):
             raise ValueError(
                 f"--ckpt_path holds a {class_path} but the config builds a {model.class_path}; "
                 "use the experiment config the checkpoint was trained with"
@@ -133,6 +150,22 @@ def checkpoint_hparams(ckpt_path: str | None) -> dict | None:
     return dict(torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
 
 
+def same_class(path: str, other: str) -> bool:
+    """Whether two class paths name one class (``gopd_lightning.GOPDModule`` is ``...distillation.GOPDModule``).
+
+    A path that no longer imports (a checkpoint from before a module was renamed) matches by class name.
+    """
+    try:
+        return _import_class(path) is _import_class(other)
+    except (ImportError, AttributeError, ValueError):
+        return path.rpartition(".")[2] == other.rpartition(".")[2]
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _plain(value: object) -> object:
     """A config value without its dataclass or Namespace wrapper, for comparing and printing."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -161,15 +194,15 @@ def _toy_command(argv: Sequence[str]) -> None:
 
 
 def _export_command(argv: Sequence[str]) -> None:
-    """``gopd export``: a trained student in Hugging Face format (see :mod:`gopd_lightning.export`)."""
+    """``gopd export CKPT --output DIR``: a trained student in Hugging Face format (:mod:`gopd_lightning.export`)."""
     parser = argparse.ArgumentParser(prog="gopd export", description=export.__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint file, or distributed checkpoint folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
+    parser.add_argument("ckpt", type=Path, help="checkpoint file, or distributed checkpoint folder")
+    parser.add_argument("--output", type=Path, required=True, help="folder to write the model and tokenizer to")
     parser.add_argument("--config", nargs="+", default=[], help="experiment YAMLs (default: the checkpoint's own)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: as trained)")
     args = parser.parse_args(argv)
     hparams = config_hparams(args.config) if args.config else None
-    out = export.export_student(args.ckpt, args.out, hparams, args.dtype)
+    out = export.export_student(args.ckpt, args.output, hparams, args.dtype)
     print(f"student written to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
@@ -202,18 +235,52 @@ TOOLS: dict[str, Callable[[Sequence[str]], None]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``gopd`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # both are expected here: frozen teachers/reference sit in eval mode on purpose, and with
-    # manual optimisation a checkpoint holds the state after the step's update, as it should
+    """Entry point of the ``gopd`` console script (``argv``: instead of the command line, for tests)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    # expected here: frozen teachers/reference sit in eval mode on purpose; with manual optimisation a
+    # checkpoint holds the state after the step's update, as it should; and PromptDataModule restores
+    # its place in the training order from its own checkpoint state, which Lightning does not see
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if argv and argv[0] in TOOLS:
-        TOOLS[argv[0]](argv[1:])
+    if words and words[0] in TOOLS:
+        TOOLS[words[0]](words[1:])
         return
-    build_cli(argv)
+    if _asks_for_run_help(words):
+        _print_run_help(words)
+        return
+    build_cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
     close_process_group()
+
+
+def _asks_for_run_help(words: Sequence[str]) -> bool:
+    return bool(words) and words[0] in RUNS and bool({"-h", "--help"} & set(words))
+
+
+def _print_run_help(words: Sequence[str]) -> None:
+    """``gopd fit --help``: the run's options, then the method's (``model.init_args.*``), GOPDModule's by default.
+
+    LightningCLI shows a model given by class path as one ``--model`` option; a user sets the
+    method's options, so they are listed too (another method: ``--model.help SFTModule``).
+    """
+    for args in (list(words), [words[0], "--model.help", _method_of(words)]):
+        try:
+            build_cli(args)
+        except SystemExit as done:  # argparse prints the help and exits
+            if done.code:
+                raise
+        print()
+
+
+def _method_of(words: Sequence[str]) -> str:
+    """The class path after ``--model`` on the command line, else the default method."""
+    for i, word in enumerate(words):
+        if word.startswith("--model="):
+            return word.split("=", 1)[1]
+        if word == "--model" and i + 1 < len(words):
+            return words[i + 1]
+    return DEFAULT_METHOD
 
 
 def close_process_group() -> None:
@@ -227,24 +294,33 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def build_cli(args: Sequence[str], run: bool = True) -> GOPDCLI:
-    """The LightningCLI behind ``gopd``; ``run=False`` only parses and instantiates (for tests)."""
+def build_cli(args: Sequence[str] | None, run: bool = True) -> GOPDCLI:
+    """The LightningCLI behind ``gopd`` (``args`` None: the command line); ``run=False`` only parses and builds."""
     _register_resolvers()
-    return GOPDCLI(
-        PolicyModule,
-        PromptDataModule,
-        subclass_mode_model=True,
-        args=list(args),
-        run=run,
-        parser_kwargs=_parser_kwargs(run),
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():  # given args stand in for the command line on purpose (tests, tools, --help)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return GOPDCLI(
+            PolicyModule,
+            PromptDataModule,
+            subclass_mode_model=True,
+            args=None if args is None else list(args),
+            run=run,
+            parser_kwargs=_parser_kwargs(run),
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 def _parser_kwargs(subcommands: bool) -> dict:
     """omegaconf interpolation, and ``DEFAULTS`` under every config: per subcommand, or for the one parser."""
     run = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULTS)]}
-    return {"parser_mode": "omegaconf", **dict.fromkeys(RUNS, run)} if subcommands else run
+    if not subcommands:
+        return run
+    main_parser = {
+        "parser_mode": "omegaconf",
+        "epilog": TOOLS_HELP,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+    return {**main_parser, **dict.fromkeys(RUNS, run)}
 
 
 if __name__ == "__main__":

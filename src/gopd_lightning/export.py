@@ -1,9 +1,9 @@
 """Export a trained student in Hugging Face format (``from_pretrained`` loads it); ``gopd export`` runs it.
 
-    gopd export --ckpt runs/<run>/checkpoints/last.ckpt --out exported/student
-    gopd export --ckpt runs/<run>/checkpoints/last.ckpt --config configs/toy/exopd.yaml --out exported/student
+    gopd export runs/<run>/checkpoints/last.ckpt --output exported/student
+    gopd export runs/<run>/checkpoints/last.ckpt --output exported/student --config configs/toy.yaml my-experiment.yaml
 
-``--ckpt`` is a Lightning checkpoint file (one process, DDP) or a distributed checkpoint folder
+The checkpoint is a Lightning checkpoint file (one process, DDP) or a distributed checkpoint folder
 (FSDP2: one shard per rank), consolidated here in one process without a process group. The
 student is rebuilt the way training built it (``model.student``, its dtype, a LoRA adapter, which
 is merged) from the checkpoint's hyperparameters, or from ``--config`` when the original model

@@ -147,6 +147,7 @@ class PolicyModule(LightningModule):
                 f"max_prompt_length={max_prompt_length} and logprob_chunk_size={logprob_chunk_size} must be >= 1"
             )
         self.update = update or UpdateConfig()
+        self.max_prompt_length = max_prompt_length
         self.eval_samples = dict(eval_samples or {})
         self.scores = nn.ModuleDict({stage: BenchmarkScores(eval_pass_k or ()) for stage in ("val", "test")})
         self.optimizer_factory: Callable[[Iterable[nn.Parameter]], Optimizer] = optimizer
@@ -222,7 +223,7 @@ class PolicyModule(LightningModule):
 
         Training prompts are held to ``max_prompt_length``; evaluation prompts are not (a benchmark is scored whole).
         """
-        limit = self.hparams.max_prompt_length if training else None
+        limit = self.max_prompt_length if training else None
         with unsharded_generation(self.student, self.sharding) as layerwise:
             return generate_rollout(
                 self.student, self.tokenizer, rows, sampling, limit, self.chat_template_kwargs, synced_ranks=layerwise

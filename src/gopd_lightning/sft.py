@@ -116,7 +116,7 @@ class SFTModule(PolicyModule):
             self.tokenizer,
             [row for row, _ in imitated],
             [ids for _, ids in imitated],
-            self.hparams.max_prompt_length,
+            self.max_prompt_length,
             self.chat_template_kwargs,
             self.device,
         )
@@ -135,7 +135,7 @@ class SFTModule(PolicyModule):
                 tokenizer,
                 rows,
                 self.sampling,
-                self.hparams.max_prompt_length,
+                self.max_prompt_length,
                 self.chat_template_kwargs,
                 synced_ranks=layerwise,
             )

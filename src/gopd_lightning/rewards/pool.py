@@ -80,6 +80,8 @@ class Worker:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
 
 
 class WorkerPool:
