@@ -3,6 +3,7 @@ a trainer built the way the tests need them, and the ``gopd`` command run as a u
 
 from __future__ import annotations
 
+import copy
 import inspect
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from gopd_lightning import DataSource, GOPDModule, PromptDataModule, SamplingConfig, policy
 from gopd_lightning.callbacks import BenchmarkAccuracy, StepStatistics
+from gopd_lightning.rollout import encode_prompts
 from gopd_lightning.toy.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).parents[1]
@@ -103,6 +106,48 @@ def make_trainer(tmp_path: Path | None = None, steps: int = 2, **overrides) -> p
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def full_logits(model: torch.nn.Module, tokenizer, rollout, grad: bool = False) -> torch.Tensor:  # noqa: ANN001
+    """[rows, response, vocab] fp32 logits of ``model`` at the rollout's response positions, by hand."""
+    prompts = encode_prompts(tokenizer, rollout.rows)
+    ids = torch.cat([prompts["input_ids"], rollout.response_ids], dim=1)
+    mask = torch.cat([prompts["attention_mask"], rollout.response_mask.long()], dim=1)
+    with torch.set_grad_enabled(grad):
+        logits = model.eval()(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+        ).logits
+    return logits[:, prompts["input_ids"].shape[1] - 1 : -1, : len(tokenizer)].float()
+
+
+def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class GivenRows(PromptDataModule):
+    """A DataModule whose one training batch is the given rows."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.rows, batch_size=len(self.rows), collate_fn=list)
+
+
+def run_one_step(
+    module: GOPDModule, batch_size: int = 4, rows: list[dict] | None = None, **trainer_options
+) -> tuple[pl.Trainer, object, object]:
+    """Fit one step (on ``rows``, else toy math); return the trainer, the student before it and the step's rollout."""
+    module.configure_model()
+    before = copy.deepcopy(module.student)
+    captured = []
+    rollout_fn = module.rollout
+    module.rollout = lambda *args, **kwargs: captured.append(rollout_fn(*args, **kwargs)) or captured[-1]
+    pl.seed_everything(0)
+    trainer = make_trainer(steps=1, **trainer_options)
+    trainer.fit(module, datamodule=GivenRows(rows) if rows else make_data(batch_size=batch_size))
+    return trainer, before, captured[0]
 
 
 def spy_on_losses(monkeypatch: pytest.MonkeyPatch) -> list[dict]:

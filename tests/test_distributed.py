@@ -181,6 +181,16 @@ def test_fsdp_with_a_teacher_per_domain_matches_one_process_when_ranks_hold_diff
 
 
 @pytest.mark.slow
+def test_ddp_full_vocab_with_a_teacher_per_domain_matches_one_process(models: dict[str, str], tmp_path: Path) -> None:
+    teachers = f'--model.teachers={{"math": "{models["teacher"]}", "code": "{models["teacher_code"]}"}}'
+    options = [teachers, *MULTI_TEACHER, "--model.estimator=full_vocab"]
+    single = fit(tmp_path / "single", "single", models, *options, "--data.batch_size=2")
+    ddp = fit(tmp_path / "ddp", "ddp", models, *options, "--data.batch_size=1")
+    statistics = [key for key in ROLLOUT_STATISTICS if key != "train/advantage"]
+    assert_same_training(single, ddp, [*statistics, "train/target_kl"])
+
+
+@pytest.mark.slow
 def test_fsdp_checkpoint_is_distributed_holds_the_student_only_and_exports(runs: dict[str, Path]) -> None:
     checkpoint = runs["fsdp"] / "checkpoints" / "last.ckpt"
     files = sorted(p.name for p in checkpoint.iterdir())

@@ -47,7 +47,7 @@ def test_training_step_uses_group_normalised_verifier_rewards(tiny_models: dict[
 
     def spy_update_policy(rollout, advantages):
         result = update_policy(rollout, advantages)
-        seen["advantages"], seen["mask"] = result.advantages, rollout.response_mask
+        seen["advantages"], seen["mask"] = result.per_token["advantage"], rollout.response_mask
         return result
 
     module.accuracy, module.update_policy = spy_accuracy, spy_update_policy

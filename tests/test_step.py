@@ -15,44 +15,24 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gopd_lightning import GOPDModule, SamplingConfig, UpdateConfig
+from gopd_lightning import SamplingConfig, UpdateConfig
 from gopd_lightning.callbacks import RunCheckpoint
 from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
 from gopd_lightning.objective import aggregate
-from gopd_lightning.rollout import encode_prompts, generate_rollout, sampler_logits
+from gopd_lightning.rollout import generate_rollout, sampler_logits
 from gopd_lightning.toy.tasks import toy_rows
-from helpers import make_data, make_module, make_trainer, save_tiny_model, spy_on_losses
+from helpers import (
+    full_logits,
+    make_data,
+    make_module,
+    make_trainer,
+    run_one_step,
+    save_tiny_model,
+    spy_on_losses,
+    token_logp,
+)
 
 LAM = 1.25
-
-
-def full_logits(model: torch.nn.Module, tokenizer, rollout) -> torch.Tensor:  # noqa: ANN001
-    """[rows, response, vocab] fp32 logits of ``model`` at the rollout's response positions, by hand."""
-    prompts = encode_prompts(tokenizer, rollout.rows)
-    ids = torch.cat([prompts["input_ids"], rollout.response_ids], dim=1)
-    mask = torch.cat([prompts["attention_mask"], rollout.response_mask.long()], dim=1)
-    with torch.no_grad():
-        logits = model.eval()(
-            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
-        ).logits
-    return logits[:, prompts["input_ids"].shape[1] - 1 : -1, : len(tokenizer)].float()
-
-
-def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def run_one_step(module: GOPDModule, batch_size: int = 4, **trainer_options) -> tuple[pl.Trainer, object, object]:
-    """Fit one step; return the trainer, the student before the step and the rollout the step sampled."""
-    module.configure_model()
-    before = copy.deepcopy(module.student)
-    captured = []
-    rollout_fn = module.rollout
-    module.rollout = lambda *args, **kwargs: captured.append(rollout_fn(*args, **kwargs)) or captured[-1]
-    pl.seed_everything(0)
-    trainer = make_trainer(steps=1, **trainer_options)
-    trainer.fit(module, datamodule=make_data(batch_size=batch_size))
-    return trainer, before, captured[0]
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gopd_lightning.logprobs import Head, full_vocab_kl_from_hidden, logprobs_from_hidden
 from gopd_lightning.models import check_same_vocabulary, check_vocabulary_fits, freeze, load_causal_lm, load_tokenizer
 from gopd_lightning.rollout import Rollout
-from gopd_lightning.scoring import TokenScorer
+from gopd_lightning.scoring import TokenScorer, frozen_head
 
 INITIAL = "initial"
 """The reference that is the student's starting point (a frozen copy, or a LoRA student's base)."""
@@ -41,6 +43,50 @@ class FrozenScores(NamedTuple):
     """The reference (None when it is not used)."""
     non_finite: list[str]
     """The models (named with their path) that gave a kept token a NaN or inf log-prob on this rank."""
+
+
+@dataclass
+class FullVocabTarget:
+    """What the full-vocabulary loss pulls one rollout's student towards: ``q`` of each row's teacher and the reference.
+
+    Holds each frozen model's final hidden states at the response positions and its head, not its
+    logits: :meth:`kl` applies the heads a chunk of positions at a time.
+    """
+
+    teachers: dict[str, tuple[Tensor, Head]]
+    """domain -> (hidden states [rows of the domain, time, dim], head), rows in rollout order."""
+    row_domains: list[str]
+    reference: tuple[Tensor, Head] | None
+    """(hidden states [rows, time, dim], head), or None when ``lam == 1``."""
+    lam: float
+    teacher_logp: Tensor
+    """[rows, time] each row's teacher's log-prob of the sampled token (statistics, the finiteness guard)."""
+    non_finite: list[str]
+    """The models that gave a kept token a NaN or inf log-prob on this rank."""
+
+    def kl(self, student_hidden: Tensor, student_head: Head, rows: Tensor, chunk_size: int) -> Tensor:
+        """Per-position ``KL(pi_student || q)`` [len(rows), time] of rollout rows ``rows`` from their hidden states."""
+        rows = rows.tolist()
+        order, parts = [], []
+        for domain, (hidden, head) in self.teachers.items():
+            mine = [i for i, row in enumerate(rows) if self.row_domains[row] == domain]
+            if not mine:
+                continue
+            of_domain = [r for r, d in enumerate(self.row_domains) if d == domain]
+            teacher_rows = torch.tensor([of_domain.index(rows[i]) for i in mine], device=hidden.device)
+            at = torch.tensor(mine, device=student_hidden.device)
+            reference = None
+            if self.reference is not None:
+                reference_rows = torch.tensor([rows[i] for i in mine], device=self.reference[0].device)
+                reference = (self.reference[0][reference_rows], self.reference[1])
+            teacher = (hidden[teacher_rows], head)
+            parts.append(
+                full_vocab_kl_from_hidden((student_hidden[at], student_head), teacher, reference, self.lam, chunk_size)
+            )
+            order += mine
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[back.to(student_hidden.device)]
 
 
 class FrozenModels(nn.Module):
@@ -147,6 +193,49 @@ class FrozenModels(nn.Module):
         if not torch.isfinite(ref_logp[mask]).all():
             non_finite.append(f"the reference ({self.reference_path})")
         return FrozenScores(teacher_logp, ref_logp, non_finite)
+
+    @torch.no_grad()
+    def full_vocab_target(
+        self, rollout: Rollout, scorer: TokenScorer, student: nn.Module, lam: float
+    ) -> FullVocabTarget:
+        """The full-vocabulary loss's target for ``rollout``: each frozen model's hidden states and head.
+
+        Heads are kept on the rollout's device (offloaded models go back to CPU memory); a LoRA
+        student's ``"initial"`` reference is ``student`` with its adapter disabled.
+        """
+        device, mask = rollout.input_ids.device, rollout.response_mask
+        domains = [row["domain"] for row in rollout.rows]
+        teacher_logp = torch.zeros(rollout.response_ids.shape, device=device)
+        teachers, non_finite = {}, []
+        for domain in sorted(set(domains)):
+            index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=device)
+            part, model, name = rollout.select(index), self.teachers[domain], self.teacher_name(domain)
+            hidden, head = self._hidden_and_head(model, part, scorer, name, device)
+            teachers[domain] = (hidden, head)
+            teacher_logp[index] = logprobs_from_hidden(hidden, head, part.response_ids, scorer.chunk_size).logp
+            if not torch.isfinite(teacher_logp[index][part.response_mask]).all():
+                non_finite.append(f"{name} ({self.teacher_paths[domain]})")
+        reference = None
+        if self.reference_path is not None:
+            if self.reference is None:  # a LoRA student: the base model is its adapter switched off
+                with student.disable_adapter():
+                    reference = (
+                        scorer.hidden_states(student, rollout),
+                        frozen_head(student, scorer.vocab_size, device),
+                    )
+            else:
+                reference = self._hidden_and_head(self.reference, rollout, scorer, REFERENCE, device)
+            ref_logp = logprobs_from_hidden(*reference, rollout.response_ids, scorer.chunk_size).logp
+            if not torch.isfinite(ref_logp[mask]).all():
+                non_finite.append(f"the reference ({self.reference_path})")
+        return FullVocabTarget(teachers, domains, reference, lam, teacher_logp, non_finite)
+
+    def _hidden_and_head(
+        self, model: PreTrainedModel, rollout: Rollout, scorer: TokenScorer, name: str, device: torch.device
+    ) -> tuple[Tensor, Head]:
+        prompt_tokenizer = self.tokenizers[name] if name in self.own_templates else None
+        with self.on_device(model, device):
+            return scorer.hidden_states(model, rollout, prompt_tokenizer), frozen_head(model, scorer.vocab_size, device)
 
     def teacher_tokenizer(self, domain: str) -> PreTrainedTokenizerBase:
         """The teacher's own tokenizer (its chat template renders the prompts it answers)."""

@@ -15,7 +15,11 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from gopd_lightning.objective import position_kl, target_logprobs
+
 Warp = Callable[[Tensor], Tensor]
+Head = Callable[[Tensor], Tensor]
+"""Final hidden states [..., dim] -> logits [..., V] (an output head, sliced to the shared vocabulary)."""
 
 
 class TokenScores(NamedTuple):
@@ -77,3 +81,47 @@ def logprobs_from_hidden(
             parts.append(stats(h, t))
     logp, entropy, sampler_logp = (torch.cat(values, dim=1) for values in zip(*parts, strict=True))
     return TokenScores(logp, entropy.detach(), None if warp is None else sampler_logp.detach())
+
+
+def full_vocab_kl_from_hidden(
+    student: tuple[Tensor, Head],
+    teacher: tuple[Tensor, Head],
+    reference: tuple[Tensor, Head] | None,
+    lam: float,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Per-position ``KL(pi_student || q)`` [batch, time] from final hidden states, one chunk of positions at a time.
+
+    Each of ``student``, ``teacher`` and ``reference`` is (hidden states [batch, time, dim], head);
+    ``q`` is :func:`~gopd_lightning.objective.target_logprobs` of the teacher and the reference
+    (None only for ``lam == 1``). Every model's fp32 logits exist for one chunk at a time, never
+    [batch, time, V] whole; with gradients on, the student's chunk is recomputed in the backward pass.
+    """
+    (student_hidden, student_head), (teacher_hidden, teacher_head) = student, teacher
+    if student_hidden.shape[:2] != teacher_hidden.shape[:2] or (
+        reference is not None and reference[0].shape[:2] != student_hidden.shape[:2]
+    ):
+        raise ValueError("the student's, teacher's and reference's hidden states must cover the same positions")
+
+    def chunk_kl(s: Tensor, t: Tensor, r: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            teacher_logp = _log_softmax(teacher_head(t))
+            ref_logp = None if r is None else _log_softmax(reference[1](r))
+            target = target_logprobs(teacher_logp, ref_logp, lam)
+        return position_kl(_log_softmax(student_head(s)), target)
+
+    parts = []
+    for start in range(0, student_hidden.shape[1], chunk_size):
+        window = slice(start, start + chunk_size)
+        s, t = student_hidden[:, window], teacher_hidden[:, window]
+        r = None if reference is None else reference[0][:, window]
+        if torch.is_grad_enabled() and s.requires_grad:
+            parts.append(checkpoint(chunk_kl, s, t, r, use_reentrant=False))
+        else:
+            parts.append(chunk_kl(s, t, r))
+    return torch.cat(parts, dim=1)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Log-softmax in fp32 at least (bf16/fp16 logits are upcast, fp64 stays)."""
+    return (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(dim=-1)

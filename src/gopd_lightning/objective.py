@@ -10,7 +10,9 @@ which gives every sampled token y_t its own dense advantage (no discounting, no 
 
 lam == 1 is standard on-policy distillation (the reference cancels), lam > 1 is reward
 extrapolation (ExOPD), and a teacher's pre-RL base as the reference is reward correction.
-The loss is the policy gradient of J with the advantage held constant.
+The loss is the policy gradient of J with the advantage held constant. Its Rao-Blackwellised form,
+:func:`full_vocab_loss`, takes the expectation over each visited position's next token exactly:
+``KL(pi_student || q)`` with ``q`` proportional to ``pi_teacher^lam * pi_ref^(1 - lam)``.
 """
 
 from __future__ import annotations
@@ -134,6 +136,50 @@ def policy_gradient_loss(
         weight = torch.exp(old_logp - sampler_logp.detach()).clamp(max=is_cap)
         surrogate = weight * surrogate
     return -aggregate(surrogate, mask, aggregation)
+
+
+def target_logprobs(teacher_logp: Tensor, ref_logp: Tensor | None, lam: float) -> Tensor:
+    """``log q`` over the whole vocabulary, ``q = softmax(lam * log pi_teacher + (1 - lam) * log pi_ref)``.
+
+    Per visited context the G-OPD objective is ``-KL(pi_student || q) + const``: ``q`` is the
+    distribution the student is pulled towards (the teacher itself when ``lam == 1``, the reward
+    extrapolated past it when ``lam > 1``). Inputs are full-vocabulary log-probs ``[..., V]``;
+    ``ref_logp`` may be None only when ``lam == 1``. The result is normalised (detached).
+    """
+    teacher_logp = teacher_logp.detach()
+    if lam == 1.0:
+        return teacher_logp.log_softmax(dim=-1)
+    if ref_logp is None:
+        raise ValueError(
+            f"lam={lam} needs the reference log-probs (ref_logp); only lam == 1 lets the reference cancel out"
+        )
+    return (lam * teacher_logp + (1 - lam) * ref_logp.detach()).log_softmax(dim=-1)
+
+
+def full_vocab_loss(
+    student_logp: Tensor, target_logp: Tensor, mask: Tensor, aggregation: Aggregation = "seq-mean-token-mean"
+) -> Tensor:
+    """The exact full-vocabulary G-OPD loss: ``KL(pi_student || q)`` at every kept position, aggregated.
+
+    ``student_logp`` [batch, time, V] (with grad) and ``target_logp`` (``log q``, from
+    :func:`target_logprobs`) are log-probs over the vocabulary at each response position. The
+    gradient equals, position by position, the expectation over the student's next token of the
+    sampled-token estimator's gradient (:func:`policy_gradient_loss` with :func:`token_advantages`):
+    the same expected update without the variance of drawing the token (Rao-Blackwellised). The
+    positions are aggregated like the sampled loss (``mask`` [batch, time]).
+    """
+    if student_logp.shape != target_logp.shape or student_logp.shape[:-1] != mask.shape:
+        raise ValueError(
+            f"student_logp {tuple(student_logp.shape)} and target_logp {tuple(target_logp.shape)} must be "
+            f"[batch, time, vocab] over mask {tuple(mask.shape)}"
+        )
+    return aggregate(position_kl(student_logp, target_logp), mask, aggregation)
+
+
+def position_kl(student_logp: Tensor, target_logp: Tensor) -> Tensor:
+    """``KL(pi_student || q)`` [...] of full-vocabulary log-probs [..., V] (``q`` held constant)."""
+    probs = student_logp.exp()
+    return (probs * (student_logp - target_logp.detach())).masked_fill(probs == 0, 0.0).sum(dim=-1)
 
 
 def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:

@@ -30,14 +30,14 @@ from torch.optim import AdamW, Optimizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gopd_lightning.checkpointing import AtomicCheckpointIO, NonFiniteError
-from gopd_lightning.frozen import FrozenModels, keep_out_of_checkpoints
-from gopd_lightning.logprobs import TokenScores
+from gopd_lightning.frozen import FrozenModels, FullVocabTarget, keep_out_of_checkpoints
+from gopd_lightning.logprobs import TokenScores, logprobs_from_hidden
 from gopd_lightning.metrics import BenchmarkScores
 from gopd_lightning.models import check_vocabulary_fits, load_causal_lm, load_tokenizer
-from gopd_lightning.objective import AGGREGATIONS, Advantages, Aggregation, policy_gradient_loss
+from gopd_lightning.objective import AGGREGATIONS, Advantages, Aggregation, aggregate, policy_gradient_loss
 from gopd_lightning.rewards import DOMAINS, score_batch
 from gopd_lightning.rollout import Rollout, SamplingConfig, eval_mode, generate_rollout
-from gopd_lightning.scoring import TokenScorer
+from gopd_lightning.scoring import TokenScorer, output_head
 from gopd_lightning.sharding import ShardingConfig, parallelize, unsharded_generation
 from gopd_lightning.step_stats import domains_on_every_rank
 
@@ -244,8 +244,8 @@ class PolicyModule(LightningModule):
             return self.scorer(self.student, rollout, sampler=rollout.sampling)
 
     # ---------------------------------------------------------------- the update
-    def update_policy(self, rollout: Rollout, advantages: Advantages) -> PolicyUpdate:
-        """Turn one rollout's advantages into optimiser updates, then step the learning-rate schedule.
+    def update_policy(self, rollout: Rollout, advantages: Advantages | FullVocabTarget) -> PolicyUpdate:
+        """Turn one rollout's advantages (or full-vocabulary target) into optimiser updates, then step the schedule.
 
         The rows are split into ``updates_per_rollout`` mini-batches of near-equal size (one
         optimiser step each), each into micro-batches of ``micro_batch_size`` (gradient
@@ -255,12 +255,15 @@ class PolicyModule(LightningModule):
         forward pass as the gradient; with several, PPO's clipped ratio to the rollout policy
         applies (unless ``ratio_to_rollout`` is off). When another sampler than the student's own
         distribution drew the tokens, each token's term carries the truncated importance weight
-        ``min(pi_theta / pi_sampler, 5)``.
+        ``min(pi_theta / pi_sampler, 5)``. A :class:`~gopd_lightning.frozen.FullVocabTarget` makes every
+        update minimise the exact per-position ``KL(pi_theta || q)`` on the rollout's contexts instead.
         """
         rows, updates = len(rollout.rows), self.update.updates_per_rollout
         if updates > rows:
             raise ValueError(f"update.updates_per_rollout={updates} is more than the {rows} rows of a rollout batch")
-        if updates > 1 and self.ratio_to_rollout:
+        if isinstance(advantages, FullVocabTarget):
+            result = self._full_vocab_updates(rollout, advantages)
+        elif updates > 1 and self.ratio_to_rollout:
             result = self._clipped_updates(rollout, advantages)
         else:
             result = self._fresh_updates(rollout, advantages)
@@ -290,7 +293,30 @@ class PolicyModule(LightningModule):
                 )
                 losses.append(self._backward(loss, part, normaliser))
             self._optimiser_step()
-        return PolicyUpdate(torch.stack(losses).sum() / len(minis), student_logp, entropy, token_advantages)
+        loss = torch.stack(losses).sum() / len(minis)
+        return PolicyUpdate(loss, student_logp, entropy, {"advantage": token_advantages})
+
+    def _full_vocab_updates(self, rollout: Rollout, target: FullVocabTarget) -> PolicyUpdate:
+        """Updates that minimise ``KL(pi_theta || q)`` at every response position (heads applied a chunk at a time)."""
+        shape, device = rollout.response_ids.shape, rollout.input_ids.device
+        student_logp, entropy, target_kl = (torch.zeros(shape, device=device) for _ in range(3))
+        head, chunk = output_head(self.student, self.scorer.vocab_size), self.scorer.chunk_size
+        minis, losses = self._mini_batches(len(rollout.rows)), []
+        for mini in minis:
+            normaliser = self._normaliser(rollout.response_mask[mini])
+            for micro in mini.split(self._micro_size(rollout)):
+                part = rollout.select(micro)
+                with eval_mode(self.student, keep_checkpointed_layers=True):
+                    hidden = self.scorer.hidden_states(self.student, part)
+                kl = target.kl(hidden, head, micro, chunk)
+                with torch.no_grad():
+                    scores = logprobs_from_hidden(hidden, head, part.response_ids, chunk)
+                student_logp[micro], entropy[micro], target_kl[micro] = scores.logp, scores.entropy, kl.detach().float()
+                loss = aggregate(kl, part.response_mask, self.update.aggregation)
+                losses.append(self._backward(loss, part, normaliser))
+            self._optimiser_step()
+        loss = torch.stack(losses).sum() / len(minis)
+        return PolicyUpdate(loss, student_logp, entropy, {"target_kl": target_kl})
 
     def _clipped_updates(self, rollout: Rollout, advantages: Advantages) -> PolicyUpdate:
         """PPO: log-probs, advantages and sampler weights of the rollout policy are fixed before the first update."""
@@ -312,7 +338,8 @@ class PolicyModule(LightningModule):
                 )
                 losses.append(self._backward(loss, part, normaliser))
             self._optimiser_step()
-        return PolicyUpdate(torch.stack(losses).sum() / len(minis), old_logp, entropy, token_advantages)
+        loss = torch.stack(losses).sum() / len(minis)
+        return PolicyUpdate(loss, old_logp, entropy, {"advantage": token_advantages})
 
     @torch.no_grad()
     def _rollout_policy_scores(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -404,12 +431,13 @@ class PolicyModule(LightningModule):
 
 
 class PolicyUpdate(NamedTuple):
-    """What one rollout's updates leave: the mean loss, and per token the student log-prob, entropy and advantage."""
+    """What one rollout's updates leave: the mean loss, and per token the student log-prob, entropy and more."""
 
     loss: Tensor
     student_logp: Tensor
     entropy: Tensor
-    advantages: Tensor
+    per_token: dict[str, Tensor]
+    """``advantage`` (the sampled estimator) or ``target_kl`` (the full-vocabulary loss), [rows, time]."""
 
 
 def _checkable(row: Mapping) -> bool:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from gopd_lightning.logprobs import TokenScores, logprobs_from_hidden
+from gopd_lightning.logprobs import Head, TokenScores, logprobs_from_hidden
 from gopd_lightning.rollout import Rollout, SamplingConfig, encode_prompts, sampler_logits
+
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -44,10 +48,7 @@ class TokenScorer:
         prompts are rendered that model's way and the response ids appended unchanged. With a
         ``sampler`` other than the model's own distribution, the sampler's log-probs come too.
         """
-        if prompt_tokenizer is None:
-            input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
-        else:
-            input_ids, attention_mask = with_prompts_of(prompt_tokenizer, rollout, self.template_kwargs)
+        input_ids, attention_mask = self._inputs(rollout, prompt_tokenizer)
         return response_logprobs(
             model,
             input_ids,
@@ -57,6 +58,18 @@ class TokenScorer:
             self.vocab_size,
             sampler,
         )
+
+    def hidden_states(
+        self, model: PreTrainedModel, rollout: Rollout, prompt_tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> Tensor:
+        """Final hidden states [rows, response, dim] of ``model`` at the rollout's response positions."""
+        input_ids, attention_mask = self._inputs(rollout, prompt_tokenizer)
+        return response_hidden_states(model, input_ids, attention_mask, rollout.response_ids.shape[1])
+
+    def _inputs(self, rollout: Rollout, prompt_tokenizer: PreTrainedTokenizerBase | None) -> tuple[Tensor, Tensor]:
+        if prompt_tokenizer is None:
+            return rollout.input_ids, rollout.attention_mask
+        return with_prompts_of(prompt_tokenizer, rollout, self.template_kwargs)
 
 
 def response_logprobs(
@@ -80,28 +93,61 @@ def response_logprobs(
     wraps that call (FSDP2 gathering the embeddings and the head) sees one ordinary forward; the
     model's own logits are computed at one position only.
     """
-    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
-    start = input_ids.shape[1] - response_length - 1
-    head = model.get_output_embeddings()
-    if vocab_size is not None:
-        full_head = head
-
-        def head(h: Tensor) -> Tensor:
-            return full_head(h)[..., :vocab_size]
-
+    head = output_head(model, vocab_size)
     warp: Callable[[Tensor], Tensor] | None = None
     if sampler is not None and not sampler.samples_the_model:
 
         def warp(logits: Tensor) -> Tensor:
             return sampler_logits(logits, sampler)
 
-    scores = []
+    def score(hidden: Tensor, targets: Tensor) -> TokenScores:
+        return logprobs_from_hidden(hidden, head, targets, chunk_size, warp)
 
-    def score(decoder: nn.Module, inputs: tuple, output: BaseModelOutputWithPast) -> None:
-        hidden = output.last_hidden_state[:, start:]
-        scores.append(logprobs_from_hidden(hidden, head, input_ids[:, start + 1 :], chunk_size, warp))
+    return _at_response_positions(model, input_ids, attention_mask, response_length, score)
 
-    hook = model.get_decoder().register_forward_hook(score)
+
+def response_hidden_states(
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, response_length: int
+) -> Tensor:
+    """The decoder's final hidden states [rows, response_length, dim] at the positions that predict the response.
+
+    For the full-vocabulary loss, which applies every model's head itself, a chunk at a time.
+    """
+    return _at_response_positions(model, input_ids, attention_mask, response_length, lambda hidden, _: hidden)
+
+
+def output_head(model: PreTrainedModel, vocab_size: int | None = None) -> Head:
+    """``model``'s output head (with its gradient), its logits cut to the first ``vocab_size``."""
+    head = model.get_output_embeddings()
+    if vocab_size is None:
+        return head
+    return lambda hidden: head(hidden)[..., :vocab_size]
+
+
+def frozen_head(model: PreTrainedModel, vocab_size: int, device: torch.device) -> Head:
+    """A frozen model's output head as a constant on ``device``: usable after the model went back to CPU memory."""
+    layer = model.get_output_embeddings()
+    weight = layer.weight.detach()[:vocab_size].to(device)
+    bias = None if layer.bias is None else layer.bias.detach()[:vocab_size].to(device)
+    return lambda hidden: F.linear(hidden, weight, bias)
+
+
+def _at_response_positions(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_length: int,
+    use: Callable[[Tensor, Tensor], Result],
+) -> Result:
+    """``use(hidden, targets)`` on the final hidden states at the response positions, inside one forward call."""
+    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+    start = input_ids.shape[1] - response_length - 1
+    results = []
+
+    def on_decoder_output(decoder: nn.Module, inputs: tuple, output: BaseModelOutputWithPast) -> None:
+        results.append(use(output.last_hidden_state[:, start:], input_ids[:, start + 1 :]))
+
+    hook = model.get_decoder().register_forward_hook(on_decoder_output)
     try:
         model(
             input_ids=input_ids[:, :-1],
@@ -112,7 +158,7 @@ def response_logprobs(
         )
     finally:
         hook.remove()
-    return scores[0]
+    return results[0]
 
 
 def with_prompts_of(
