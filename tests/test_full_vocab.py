@@ -174,7 +174,7 @@ def test_a_full_vocab_step_is_exactly_a_gradient_step_on_the_kl_to_q(tiny_models
     data_rows = toy_rows("math", 2) + toy_rows("code", 2)
     trainer, before, rollout = run_one_step(module, rows=data_rows)
     expected = exact_step_loss(module, before, rollout, lam)
-    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected), abs=1e-5)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected.detach()), abs=1e-5)
     assert "train/target_kl" in trainer.callback_metrics and "train/advantage" not in trainer.callback_metrics
     grads = torch.autograd.grad(expected, list(before.parameters()))
     for (name, after), start, grad in zip(module.student.named_parameters(), before.parameters(), grads, strict=True):
@@ -192,13 +192,9 @@ def test_micro_batches_give_the_full_vocab_update_of_the_whole_batch(tiny_models
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
 
 
-def test_the_full_vocab_estimator_names_its_limits(tiny_models: dict[str, str]) -> None:
+def test_an_unknown_estimator_is_a_clear_error(tiny_models: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="estimator='exact' is invalid"):
         make_module(tiny_models, estimator="exact")
-    module = make_module(tiny_models, estimator="full_vocab")
-    module._device_mesh = object()  # as under FSDP2
-    with pytest.raises(ValueError, match="does not run under FSDP2 yet"):
-        module.distillation_objective(None)
 
 
 @pytest.mark.parametrize(
@@ -227,7 +223,7 @@ def test_the_full_vocab_target_sees_what_the_sampled_scoring_sees(
     rows = toy_rows("math", 2) + toy_rows("code", 2)
     rollout = generate_rollout(module.student, module.tokenizer, rows, module.sampling)
     teacher_logp, ref_logp = module.score_frozen(rollout)
-    target = module.frozen.full_vocab_target(rollout, module.scorer, module.student, 1.25)
+    target = module.frozen.full_vocab_target(rollout, module.scorer, module.student, 1.25, every_teacher=False)
     mask = rollout.response_mask
     assert torch.allclose(target.teacher_logp[mask], teacher_logp[mask], atol=1e-5)
     hidden, head = target.reference

@@ -21,7 +21,7 @@ Features:
   advantage) and ``full_vocab``, its Rao-Blackwellised form: at every response position the exact
   ``KL(pi_student || q)``, ``q`` proportional to ``pi_teacher^lam * pi_ref^(1 - lam)``, the same
   expected update without the variance of the sampled token; every model's head is applied a chunk
-  of positions at a time, so no [rows, time, vocab] tensor exists. Not under FSDP2 yet.
+  of positions at a time, so no [rows, time, vocab] tensor exists.
 - The reference is a frozen copy of the student's initial weights by default, or any model;
   it is never built when ``lam == 1`` (it cancels out of the objective).
 - Frozen models (:class:`~gopd_lightning.frozen.FrozenModels`) are built in ``configure_model``
@@ -122,9 +122,7 @@ class GOPDModule(PolicyModule):
         if self.estimator == "sampled":
             teacher_logp, ref_logp = self.score_frozen(rollout)
             return teacher_logp, DistillationAdvantages(teacher_logp, ref_logp, self.lam)
-        if self.sharded:
-            raise ValueError("estimator='full_vocab' does not run under FSDP2 yet; use DDP or estimator='sampled'")
-        target = self.frozen.full_vocab_target(rollout, self.scorer, self.student, self.lam)
+        target = self.frozen.full_vocab_target(rollout, self.scorer, self.student, self.lam, self.sharded)
         named = " and ".join(target.non_finite) or "a frozen model (on another rank)"
         self.stop_if(bool(target.non_finite), f"the log-probs of {named}")
         return target.teacher_logp, target

@@ -196,21 +196,25 @@ class FrozenModels(nn.Module):
 
     @torch.no_grad()
     def full_vocab_target(
-        self, rollout: Rollout, scorer: TokenScorer, student: nn.Module, lam: float
+        self, rollout: Rollout, scorer: TokenScorer, student: nn.Module, lam: float, every_teacher: bool
     ) -> FullVocabTarget:
         """The full-vocabulary loss's target for ``rollout``: each frozen model's hidden states and head.
 
         Heads are kept on the rollout's device (offloaded models go back to CPU memory); a LoRA
-        student's ``"initial"`` reference is ``student`` with its adapter disabled.
+        student's ``"initial"`` reference is ``student`` with its adapter disabled. ``every_teacher``
+        (sharded models) runs every teacher on every rank in one order, as :meth:`score` does.
         """
         device, mask = rollout.input_ids.device, rollout.response_mask
         domains = [row["domain"] for row in rollout.rows]
         teacher_logp = torch.zeros(rollout.response_ids.shape, device=device)
         teachers, non_finite = {}, []
-        for domain in sorted(set(domains)):
-            index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=device)
+        for domain in sorted(self.teachers) if every_teacher else sorted(set(domains)):
+            rows = [i for i, d in enumerate(domains) if d == domain]
+            index = torch.tensor(rows or [0], device=device)
             part, model, name = rollout.select(index), self.teachers[domain], self.teacher_name(domain)
             hidden, head = self._hidden_and_head(model, part, scorer, name, device)
+            if not rows:  # a placeholder row: this rank joined the collectives of a domain it does not hold
+                continue
             teachers[domain] = (hidden, head)
             teacher_logp[index] = logprobs_from_hidden(hidden, head, part.response_ids, scorer.chunk_size).logp
             if not torch.isfinite(teacher_logp[index][part.response_mask]).all():

@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -125,11 +126,20 @@ def output_head(model: PreTrainedModel, vocab_size: int | None = None) -> Head:
 
 
 def frozen_head(model: PreTrainedModel, vocab_size: int, device: torch.device) -> Head:
-    """A frozen model's output head as a constant on ``device``: usable after the model went back to CPU memory."""
+    """A frozen model's output head as a constant on ``device``, usable after the model's forward.
+
+    An offloaded model goes back to CPU memory; an FSDP2-sharded one frees its gathered weights
+    (here they are gathered whole: a collective, so every rank asks for every model, in one order).
+    """
     layer = model.get_output_embeddings()
-    weight = layer.weight.detach()[:vocab_size].to(device)
-    bias = None if layer.bias is None else layer.bias.detach()[:vocab_size].to(device)
+    weight, bias = (
+        None if p is None else _whole(p.detach())[:vocab_size].to(device) for p in (layer.weight, layer.bias)
+    )
     return lambda hidden: F.linear(hidden, weight, bias)
+
+
+def _whole(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def _at_response_positions(
