@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -454,3 +455,18 @@ def test_a_watcher_stops_the_run_early_or_times_it_out_when_it_falls_silent() ->
     started = time.monotonic()
     waited = run_python(silent, limits=SandboxLimits(wall_time_s=10), watcher=StopAfter(lines=99, patience_s=0.5))
     assert waited.timed_out and not waited.stopped and time.monotonic() - started < 1 + sandbox.KILL_GRACE_S
+
+
+def test_a_run_that_ends_just_as_it_is_stopped_is_collected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Popen.send_signal`` polls (and so reaps) a warden that ended between the check and the signal:
+    the run must still be collected, not fail with ChildProcessError (seen under GRPO on code)."""
+    send_signal = subprocess.Popen.send_signal
+
+    def late_signal(process: subprocess.Popen, signum: int) -> None:
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # the program ends before the signal
+        send_signal(process, signum)
+
+    monkeypatch.setattr(subprocess.Popen, "send_signal", late_signal)
+    quick = "print('tick', flush=True)\n"
+    result = run_python(quick, limits=SandboxLimits(wall_time_s=10), watcher=StopAfter(lines=1))
+    assert result.stopped and result.stdout == "tick\n"

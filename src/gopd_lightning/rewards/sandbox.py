@@ -333,12 +333,19 @@ def _stop(warden: subprocess.Popen, weak: bool, signum: int) -> None:
 
 def _running(warden: subprocess.Popen) -> bool:
     """Whether the warden still runs, without reaping it: while it is an unreaped zombie its pid (the
-    weak mode's process group id) cannot be reused, so killing that group never hits another process."""
+    weak mode's process group id) cannot be reused, so killing that group never hits another process.
+
+    ``Popen.send_signal`` polls first, so a warden that ended just before it was signalled is reaped there:
+    it then counts as ended (asking the kernel about a reaped pid would raise, or name a stranger)."""
+    if warden.returncode is not None:
+        return False
     return os.waitid(os.P_PID, warden.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
 def _kill_group(warden: subprocess.Popen) -> None:
     """SIGKILL the weak mode's process group (the warden leads it); only before the warden is reaped."""
+    if warden.returncode is not None:  # reaped: its pid may name another process group by now
+        return
     try:
         os.killpg(warden.pid, signal.SIGKILL)
     except ProcessLookupError:
