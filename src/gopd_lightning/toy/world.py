@@ -1,27 +1,31 @@
 """The offline toy world: one tokenizer and a family of tiny Qwen3 models, made locally and lazily.
 
 ``toy_model_path("base")`` returns a directory that ``from_pretrained`` loads, building the model
-(and whatever it continues from) on first use. Every model is supervised fine-tuning on gold
-responses of the toy tasks, deterministic by seed on one machine:
+(and whatever it continues from) on first use, deterministic by seed on one machine. The bases are
+supervised fine-tuning on gold responses of the toy tasks; the math teachers are made as the paper's
+were, by RL (the project's GRPO, verifier rewards) from their base:
 
 - ``base``: a small model trained on math and code until it answers 30% of held-out math problems
   (weak on both, not hopeless: on code it sits on the plateau before it learns the algorithm);
-- ``teacher-math`` / ``teacher-code``: the base trained further on one domain: two experts made
-  from one base, like the paper's RL teachers;
+- ``teacher-math``: GRPO of the base on math: clearly better than the base, far from perfect (room
+  above it for a student to pass it);
+- ``teacher-code``: the base trained further on gold code (GRPO on code is sandbox-bound: about 6 s a
+  step on two cores, and 20 steps did not move the base off its plateau);
 - ``big-base``: a model twice as deep, trained about as briefly on both domains (better than ``base``);
-- ``big-teacher-math``: ``big-base`` trained further on math (strong-to-weak distillation, with
-  ``big-base`` as the corrected reference).
+- ``big-teacher-math``: GRPO of ``big-base`` on math (strong-to-weak distillation, with ``big-base``
+  as the corrected reference).
 
 Each model is cached on its own under ``$GOPD_HOME/toy`` (default ``~/.cache/gopd-lightning``)
 in a folder named by a hash of its recipe and its parent's, so a changed recipe rebuilds it and
 everything built from it, and a run only pays for the models it names (the default toy config:
-base and teacher-math, about a minute on two CPU cores). A file lock per model lets one process
+base and teacher-math, about two minutes on two CPU cores). A file lock per model lets one process
 build while other ranks wait; ``gopd toy prepare [--force] [--all]`` builds ahead of time.
 
 Another CPU rounds floats differently, which over a thousand steps moves a model as another seed
 does, so the recipes aim at qualities that do not hinge on exact weights: the base stops at a
-target accuracy instead of a step count, the experts train long past their domain's learning
-onset. ``benchmarks/toy_world_spread.py`` measures every model over seeds (README: the toy world).
+target accuracy instead of a step count, the code expert trains long past its domain's learning
+onset, and the RL teachers climb a curve that flattens well before their last step.
+``benchmarks/toy_world_spread.py`` measures every model over seeds (README: the toy world).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from filelock import FileLock
@@ -73,7 +78,7 @@ class ToyModelShape:
 
 @dataclass(frozen=True)
 class ToyModelRecipe:
-    """How one toy model is made: supervised fine-tuning on gold responses of toy task families."""
+    """How one toy model is made: supervised fine-tuning on gold responses, or GRPO, on toy task families."""
 
     families: tuple[str, ...]
     """Task families it is trained on: each step's batch is of one family, taking turns in this order
@@ -96,18 +101,29 @@ class ToyModelRecipe:
     ``steps`` is then the most. A learning curve's onset moves by hundreds of steps with float
     rounding (another CPU) as with another seed; a target accuracy does not."""
 
+    method: Literal["sft", "grpo"] = "sft"
+    """``sft``: cross-entropy on gold responses; ``grpo``: RL with the verifier's rewards from ``parent`` (the
+    way the paper's teachers were made; ``batch_size`` is then prompts per step, one update each)."""
+    group_size: int = 8
+    """GRPO: samples per prompt."""
+    max_new_tokens: int = 24
+    """GRPO: response tokens per sample (as the toy configs sample)."""
+
     def __post_init__(self) -> None:
+        if self.method == "grpo" and self.parent is None:
+            raise ValueError("a GRPO toy model recipe needs a 'parent' to start from")
         if (self.parent is None) == (self.shape is None):
             raise ValueError("a toy model recipe needs exactly one of 'parent' (continue) and 'shape' (from scratch)")
 
 
+GRPO_FIELDS = ("method", "group_size", "max_new_tokens")
 SMALL, BIG = ToyModelShape(), ToyModelShape(num_layers=4)
 TOY_MODELS: dict[str, ToyModelRecipe] = {
     "base": ToyModelRecipe(("math", "code"), steps=1400, shape=SMALL, stop_at=("math", 0.3)),
-    "teacher-math": ToyModelRecipe(("math",), steps=400, parent="base", anneal=True),
+    "teacher-math": ToyModelRecipe(("math",), steps=200, parent="base", method="grpo", lr=1e-4, batch_size=16),
     "teacher-code": ToyModelRecipe(("code",), steps=1000, parent="base", anneal=True),
     "big-base": ToyModelRecipe(("math", "math", "code"), steps=900, shape=BIG),
-    "big-teacher-math": ToyModelRecipe(("math",), steps=300, parent="big-base", anneal=True),
+    "big-teacher-math": ToyModelRecipe(("math",), steps=200, parent="big-base", method="grpo", lr=1e-4, batch_size=16),
 }
 """Every toy model by name (``toy:<name>`` in configs)."""
 DEFAULT_MODELS = ("base", "teacher-math")
@@ -142,9 +158,12 @@ class ToyRecipe:
         """Hash of what makes model ``name``: its recipe, the seed and its parent's digest."""
         recipe = self.recipe(name)
         parent = None if recipe.parent is None else self.digest(recipe.parent)
+        fields = dataclasses.asdict(recipe)
+        if recipe.method == "sft":  # what only GRPO uses does not change an SFT model
+            for unused in GRPO_FIELDS:
+                fields.pop(unused)
         blob = json.dumps(
-            {"version": RECIPE_VERSION, "seed": self.seed, "parent_digest": parent, **dataclasses.asdict(recipe)},
-            sort_keys=True,
+            {"version": RECIPE_VERSION, "seed": self.seed, "parent_digest": parent, **fields}, sort_keys=True
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -231,6 +250,24 @@ def prepare_toy_model(name: str, recipe: ToyRecipe, force: bool = False) -> Path
 
 
 def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
+    """Make ``name`` by its recipe's method and save it with the tokenizer at ``path``."""
+    if recipe.method == "grpo":
+        _train_with_grpo(name, recipe, model_seed(seed, name), parent, path)
+    else:
+        _train_with_sft(name, recipe, seed, parent, path)
+
+
+def _train_with_grpo(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
+    """GRPO in a fresh interpreter (``gopd_lightning.toy.rl``): a Lightning run of its own, whose random
+    state, threads and loggers never touch the process that asked for the model."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gopd_lightning.toy.rl"], input=pickle.dumps((name, recipe, seed, parent, path))
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"GRPO of the toy model {name!r} failed (exit {done.returncode}; its output is above)")
+
+
+def _train_with_sft(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
     """Supervised fine-tuning of ``name`` on gold responses, saved with the tokenizer at ``path``.
 
     Runs on one thread: as fast as more for models this small, immune to other processes competing for
