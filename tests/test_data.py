@@ -175,6 +175,20 @@ def test_hub_source_reads_the_requested_split(monkeypatch) -> None:
     assert data.datasets["train"]["source"] == ["zwhe99/DeepMath-103K"]
 
 
+def test_the_authors_training_files_are_read_as_verl_rows(tmp_path: Path) -> None:
+    """``data_files`` picks a file of a hub dataset (here a local folder laid out like the authors' one)."""
+    (tmp_path / "math_and_code").mkdir()
+    write_parquet(tmp_path / "math_and_code" / "train.parquet", [VERL_MATH, EURUS_FUNCTIONAL])
+    (tmp_path / "other.parquet").write_bytes(b"not read")
+    source = DataSource(f"hf:{tmp_path}", data_files="math_and_code/train.parquet", format="verl", name="mixed")
+    data = PromptDataModule(train=[source])
+    data.setup("fit")
+    assert data.datasets["train"]["domain"] == ["math", "code"] and data.domains == {"math", "code"}
+    assert data.datasets["train"]["ground_truth"][0] == "5"
+    with pytest.raises(ValueError, match="data_files picks files of an hf:<id> dataset only"):
+        DataSource("rows.jsonl", data_files="train.parquet")
+
+
 def test_source_names(tmp_path: Path) -> None:
     own = write_jsonl(tmp_path / "own.jsonl", [{**GOOD, "source": "aime24"}, GOOD])
     data = PromptDataModule(

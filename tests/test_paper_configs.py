@@ -12,13 +12,31 @@ from helpers import CONFIGS, config_args, experiment_files
 
 PAPER = sorted((CONFIGS / "paper").glob("*.yaml"))
 # every field explicit: a list given on the command line is merged entry by entry into the config's
-PLAIN = {"format": "auto", "min_difficulty": None, "domains": None, "name": None, "weight": None}
+PLAIN = {"format": "auto", "min_difficulty": None, "domains": None, "name": None, "weight": None, "data_files": None}
 CODE_ROW = {
     "id": "code-0",
     "domain": "code",
     "prompt": [{"role": "user", "content": "Write f(x) returning x+1."}],
     "ground_truth": json.dumps({"inputs": [[1]], "outputs": [2], "fn_name": "f"}),
 }
+
+
+RELEASED_TEACHERS = {
+    "math": "Keven16/Qwen3-4B-Non-Thinking-RL-Math-Step1200",
+    "code": "Keven16/Qwen3-4B-Non-Thinking-RL-Code-Step1200",
+}
+AUTHORS_DATA = "hf:Keven16/G-OPD-Training-Data"
+
+
+@pytest.mark.parametrize("path", [p for p in PAPER if not p.stem.startswith("grpo")], ids=lambda p: p.stem)
+def test_distillation_configs_use_the_released_teachers_and_training_files(path: Path) -> None:
+    """A GPU user reproduces the paper without re-training teachers or rebuilding the data."""
+    config = build_cli([*config_args(experiment_files(path)), "--trainer.accelerator=cpu"], run=False).config
+    teachers = config.model.init_args.teachers
+    assert teachers and {domain: RELEASED_TEACHERS[domain] for domain in teachers} == dict(teachers)
+    assert [(s.path, s.format) for s in config.data.train] == [(AUTHORS_DATA, "verl")]
+    expected = "math_and_code/train.parquet" if "code" in teachers else "DeepMath-103K/train_filtered_level6.parquet"
+    assert config.data.train[0].data_files == expected
 
 
 def test_the_paper_settings_are_all_there() -> None:

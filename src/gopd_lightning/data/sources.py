@@ -63,10 +63,15 @@ class DataSource:
     """Local copy of a ``benchmark:`` source in its upstream file format (default: its hub dataset)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of a ``benchmark:`` source (e.g. livecodebench ``start_date``/``end_date``)."""
+    data_files: str | list[str] | None = None
+    """Files of an ``hf:`` dataset to read (``datasets.load_dataset``'s ``data_files``), e.g. the authors'
+    ``DeepMath-103K/train_filtered_level6.parquet`` of ``hf:Keven16/G-OPD-Training-Data``."""
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight <= 0:
             raise ValueError(f"data source {self.path!r}: weight must be positive, got {self.weight}")
+        if self.data_files is not None and not self.path.startswith(HUB_PREFIX):
+            raise ValueError(f"data source {self.path!r}: data_files picks files of an {HUB_PREFIX}<id> dataset only")
 
     @property
     def default_name(self) -> str:
@@ -114,7 +119,10 @@ def read_source(source: DataSource) -> list[Row]:
     """The schema rows of a file or ``hf:`` source, adapted from its format and filtered."""
     if source.path.startswith(HUB_PREFIX):
         hub_id = source.path[len(HUB_PREFIX) :]
-        return _adapt_dataset(datasets.load_dataset(hub_id, split=source.split), source, f"{hub_id}[{source.split}]")
+        label = f"{hub_id}[{source.split}]" if source.data_files is None else f"{hub_id}/{source.data_files}"
+        files = {} if source.data_files is None else {"data_files": source.data_files}
+        dataset = datasets.load_dataset(hub_id, split=source.split, **files)
+        return _adapt_dataset(dataset, source, label)
     path = Path(source.path)
     if not path.is_file():
         raise FileNotFoundError(
