@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from gopd_lightning import UpdateConfig
+from gopd_lightning import UpdateConfig, policy
 from gopd_lightning.rollout import generate_rollout
 from gopd_lightning.scoring import response_logprobs
 from gopd_lightning.toy.tokenizer import build_tokenizer
@@ -41,6 +41,19 @@ def test_fit_trains_only_the_student_and_logs_rollout_statistics(tiny_models: di
         assert f"train/{key}" in metrics, key
     assert 1 <= metrics["train/response_length"] <= 6
     assert 0 <= metrics["train/truncated"] <= 1
+
+
+def test_training_answers_are_left_unscored_when_asked(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scored = []
+    monkeypatch.setattr(policy, "score_batch", lambda *args: scored.append(args) or [0.0] * len(args[0]))
+    trainer = make_trainer()
+    trainer.fit(make_module(tiny_models, train_accuracy=False), datamodule=make_data())
+    assert not scored and "train/accuracy" not in trainer.callback_metrics and "train/loss" in trainer.callback_metrics
+    trainer = make_trainer()
+    trainer.fit(make_module(tiny_models), datamodule=make_data())
+    assert scored and "train/accuracy" in trainer.callback_metrics
 
 
 def test_student_moves_teacher_and_reference_stay(tiny_models: dict[str, str]) -> None:

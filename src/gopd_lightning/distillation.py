@@ -57,6 +57,7 @@ class GOPDModule(PolicyModule):
         frozen_dtype: str = "float32",
         offload_frozen: bool = False,
         estimator: Literal["sampled", "full_vocab"] = "sampled",
+        train_accuracy: bool = True,
         **policy_options: Any,
     ) -> None:
         """
@@ -73,6 +74,9 @@ class GOPDModule(PolicyModule):
             estimator: "sampled" (the paper's: each sampled token's advantage) or "full_vocab" (the
                 exact per-position KL to q over the whole vocabulary: the same expected gradient,
                 without the sampling variance of the token).
+            train_accuracy: score each training rollout's answers for ``train/accuracy``. Only logged (the
+                loss never reads it); off saves a sandbox run per code row per step, the bulk of a toy
+                multi-teacher step on a CPU.
             policy_options: the student's options, as in :class:`~gopd_lightning.policy.PolicyModule`
                 (sampling, eval_sampling, eval_samples, eval_pass_k, update, max_prompt_length,
                 logprob_chunk_size, student_dtype, optimizer, lr_scheduler, lora,
@@ -95,6 +99,7 @@ class GOPDModule(PolicyModule):
         self.lam = float(lam)
         """The reward scale lambda."""
         self.estimator = estimator
+        self.train_accuracy = train_accuracy
         used_reference = None if self.lam == 1.0 else reference
         self.frozen = FrozenModels(teachers, used_reference, frozen_dtype, offload_frozen)
 
@@ -113,7 +118,7 @@ class GOPDModule(PolicyModule):
         statistics = RolloutStatistics(
             rollout,
             tokens={"reverse_kl": update.student_logp - teacher_logp, "entropy": update.entropy, **update.per_token},
-            rows={"accuracy": self.accuracy(rollout)},  # scored once: code runs in the sandbox
+            rows={"accuracy": self.accuracy(rollout)} if self.train_accuracy else {},  # code runs in the sandbox
         )
         return {"loss": update.loss, "statistics": statistics}
 
