@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
 from gopd_lightning import GOPDModule, UpdateConfig
 from gopd_lightning.logprobs import full_vocab_kl_from_hidden, logprobs_from_hidden
@@ -82,14 +83,22 @@ def response_logprobs_of(model: torch.nn.Module, ids: torch.Tensor, prompt: int)
     return logits.double().log_softmax(dim=-1)
 
 
-@pytest.mark.parametrize("lam", [1.0, 1.25])
-def test_its_gradient_is_the_expected_sampled_gradient_on_a_tiny_model(tiny_models: dict[str, str], lam: float) -> None:
-    """At a response position: grad of the full-vocabulary loss == sum_v pi(v) * grad of the sampled loss at y = v.
+def rms_norm_in_input_dtype(norm: Qwen3RMSNorm, hidden: torch.Tensor) -> torch.Tensor:
+    """Qwen3's RMSNorm without its float32 cast."""
+    return norm.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
 
-    The head and the final norm are reached through float64 only and agree to 1e-12; the decoder
-    layers' RMSNorm computes in float32 whatever the weights' dtype, so deeper gradients agree to
-    float32's relative precision.
+
+@pytest.mark.parametrize("lam", [1.0, 1.25])
+def test_its_gradient_is_the_expected_sampled_gradient_on_a_tiny_model(
+    tiny_models: dict[str, str], lam: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a response position: grad of the full-vocabulary loss == sum_v pi(v) * grad of the sampled loss at y = v,
+    for every parameter, in float64 to 1e-9.
+
+    Qwen3's RMSNorm computes in float32 whatever the weights' dtype; here it keeps float64, so that the
+    comparison measures the estimators, not float32 rounding.
     """
+    monkeypatch.setattr(Qwen3RMSNorm, "forward", rms_norm_in_input_dtype)
     student = load_causal_lm(tiny_models["student"]).double().eval()
     teacher = load_causal_lm(tiny_models["teacher"]).double().eval()
     ref = load_causal_lm(tiny_models["reference"]).double().eval()
@@ -114,10 +123,7 @@ def test_its_gradient_is_the_expected_sampled_gradient_on_a_tiny_model(tiny_mode
             for total, grad in zip(expected, torch.autograd.grad(loss, params, retain_graph=True), strict=True):
                 total += probs[token] * grad
         for name, got, want in zip(names, full, expected, strict=True):
-            if name in ("lm_head.weight", "model.norm.weight"):
-                assert torch.allclose(got, want, atol=1e-12, rtol=0), name
-            else:
-                assert float((got - want).norm()) <= 1e-6 * float(want.norm()), name
+            assert torch.allclose(got, want, atol=1e-9, rtol=0), (name, float((got - want).abs().max()))
         assert max(float(g.abs().max()) for g in full) > 1e-4  # a non-trivial case
 
 
