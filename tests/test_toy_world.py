@@ -129,6 +129,17 @@ def test_models_are_built_lazily_with_their_parents(tmp_path: Path, monkeypatch:
     assert not torch.equal(weights["model.embed_tokens.weight"], reseeded["model.embed_tokens.weight"])
 
 
+def test_building_a_model_leaves_the_callers_random_state_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on an empty cache (which builds its toy models) samples exactly as the same run on a warm one."""
+    monkeypatch.setenv("GOPD_HOME", str(tmp_path))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    toy_model_path("child", tiny_world())
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_unrelated_models_build_in_parallel_processes_with_the_same_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

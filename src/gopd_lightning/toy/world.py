@@ -272,17 +272,19 @@ def _train_with_sft(name: str, recipe: ToyModelRecipe, seed: int, parent: Path |
 
     Runs on one thread: as fast as more for models this small, immune to other processes competing for
     the cores (two threads on a busy machine can be many times slower), and the same result anywhere.
+    The caller's random state is left as it was: a run samples the same on an empty cache as on a warm one.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tokenizer = build_tokenizer()
-        torch.manual_seed(model_seed(seed, name))
-        if parent is None:
-            model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
-        else:
-            model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
-        _fit(name, model.train(), recipe, _sft_batches(tokenizer, recipe, model_seed(seed, name)))
+        with torch.random.fork_rng(devices=[]):
+            tokenizer = build_tokenizer()
+            torch.manual_seed(model_seed(seed, name))
+            if parent is None:
+                model = Qwen3ForCausalLM(_config(recipe.shape, tokenizer))
+            else:
+                model = Qwen3ForCausalLM.from_pretrained(parent, dtype=torch.float32)
+            _fit(name, model.train(), recipe, _sft_batches(tokenizer, recipe, model_seed(seed, name)))
     finally:
         torch.set_num_threads(threads)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
