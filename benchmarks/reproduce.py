@@ -204,7 +204,8 @@ def save(path: Path, results: list[Result], seeds: list[int]) -> None:
         "groups": {g: [r.key for r in runs] for g, runs in GROUPS.items()},
     }
     partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"study": study, "runs": [asdict(r) for r in results]}, indent=1))
+    runs = ",\n".join(json.dumps(asdict(r), separators=(",", ":")) for r in results)  # a run per line
+    partial.write_text(f'{{"study": {json.dumps(study)},\n"runs": [\n{runs}\n]}}\n')
     os.replace(partial, path)
 
 
