@@ -258,10 +258,10 @@ def _train(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, pa
 
 
 def _train_with_grpo(name: str, recipe: ToyModelRecipe, seed: int, parent: Path | None, path: Path) -> None:
-    """GRPO in a fresh interpreter (``gopd_lightning.toy.rl``): a Lightning run of its own, whose random
+    """GRPO in a fresh interpreter (``gopd_lightning.toy_teachers``): a Lightning run of its own, whose random
     state, threads and loggers never touch the process that asked for the model."""
     done = subprocess.run(
-        [sys.executable, "-m", "gopd_lightning.toy.rl"], input=pickle.dumps((name, recipe, seed, parent, path))
+        [sys.executable, "-m", "gopd_lightning.toy_teachers"], input=pickle.dumps((name, recipe, seed, parent, path))
     )
     if done.returncode != 0:
         raise RuntimeError(f"GRPO of the toy model {name!r} failed (exit {done.returncode}; its output is above)")

@@ -1,7 +1,7 @@
 """Toy teachers made the way the paper's were: GRPO with verifier rewards from the toy base.
 
 The toy world builds a recipe with ``method="grpo"`` by running this module in a fresh interpreter
-(``python -m gopd_lightning.toy.rl``, its arguments pickled on stdin): the project's own
+(``python -m gopd_lightning.toy_teachers``, its arguments pickled on stdin): the project's own
 :class:`~gopd_lightning.GRPOModule` under a Lightning ``Trainer``, apart from the process that asked
 for the model, so the asking run's random state, loggers and threads are untouched.
 """
